@@ -1,0 +1,216 @@
+"""Typed study configuration: YAML profiles in params/ loaded into dataclasses that refuse unknown keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A profile that names an unknown key, gives a wrong type or cannot be read."""
+
+
+@dataclass
+class DataConfig:
+    styles: list[str] = field(default_factory=lambda: ["noto"])  # emoji sets to fuse
+    faces: str = "core"  # "core" (plain round faces) or "all"
+    size: int = 32  # training resolution in pixels
+    gallery_size: int = 128  # resolution for galleries
+    holdout: float = 0.1  # share of ordered pairs held out of training
+    max_faces: int = 0  # use only the first N faces of the list (0: all); for smoke runs
+
+
+@dataclass
+class ModelConfig:
+    widths: list[int] = field(default_factory=lambda: [32])  # UNet base widths; one run per width
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # width multiplier per resolution
+    num_blocks: int = 2  # residual blocks per resolution
+    attn_resolutions: list[int] = field(default_factory=lambda: [8])  # resolutions with self-attention
+    dropout: float = 0.0  # dropout in residual blocks
+    sigma_data: float | None = None  # EDM sigma_data; None: measured on the training images
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch (split across ranks)
+    lr: float = 1e-3  # Adam learning rate after ramp-up
+    lr_rampup_kimg: float = 10.0  # linear learning-rate warm-up, thousands of images
+    duration_kimg: float = 150.0  # training length, thousands of images
+    ema_halflife_kimg: float = 10.0  # EMA half-life, thousands of images
+    ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this share of images seen
+    xflip: bool = True  # horizontal-flip augmentation
+    P_mean: float = -1.2  # training noise distribution, ln(sigma) ~ N(P_mean, P_std^2)
+    P_std: float = 1.2
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    snapshot_kimg: float = 10.0  # checkpoint and EMA snapshot interval
+    precision: str = "auto"  # "auto", "fp32" or "bf16"
+    compile: bool = False  # torch.compile the network
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class SampleConfig:
+    num_steps: int = 18  # Heun steps
+    batch_size: int = 256  # images per sampler batch
+    num_images: int = 1000  # images drawn per checkpoint for evaluation
+    S_churn: float = 0.0  # Algorithm 2 stochasticity
+    S_min: float = 0.0
+    S_max: float = float("inf")
+    S_noise: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    inception_weights: str | None = None  # local Inception-V3 (FID) weights; None: torch-fidelity download
+    inception: bool = True  # compute Inception FID/KID (reported unavailable when weights cannot be had)
+    domain_features: bool = True  # FID/KID on a small network trained on the fusions
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    copy_ratio: float = 0.3333333333333333  # nearest/second-nearest distance ratio that counts as a copy
+    copy_mse: float = 0.005  # min-MSE ([-1, 1] scale) under which a sample counts as a copy
+    snapshots: str = "all"  # "all" or "last": which EMA snapshots to evaluate
+
+
+@dataclass
+class StudyConfig:
+    pairs: int = 60  # two-alternative pairs shown per human-study session
+    answers_csv: str = "human_study/answers.csv"  # relative to the run's output folder
+
+
+@dataclass
+class Config:
+    name: str = "cpu"  # profile name; outputs go to outputs/<name>
+    seed: int = 0  # one seed fixes the dataset split, training and samples
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+    def to_dict(self) -> dict:
+        """The resolved configuration as plain data."""
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A stable hash of the resolved configuration."""
+        import hashlib
+
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str, source: str):
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, source, prefix=f"{key}.")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str) and value.lower() in ("inf", ".inf", "-inf"):
+                return float(value.lstrip("."))
+            raise ConfigError(f"{source}: {key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{source}: {key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _build(cls, data: dict, source: str, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]!s} (known keys{' under ' + prefix[:-1] if prefix else ''}: "
+            f"{', '.join(names)})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None, source: str = "<dict>") -> Config:
+    """Build a Config from nested plain data, refusing unknown keys and wrong types."""
+    cfg = _build(Config, data or {}, source)
+    _validate(cfg, source)
+    return cfg
+
+
+def _validate(cfg: Config, source: str) -> None:
+    checks = [
+        (cfg.data.faces in ("core", "all"), "data.faces", "must be 'core' or 'all'", cfg.data.faces),
+        (0.0 <= cfg.data.holdout < 1.0, "data.holdout", "must be in [0, 1)", cfg.data.holdout),
+        (cfg.data.size in (32, 64), "data.size", "must be 32 or 64", cfg.data.size),
+        (len(cfg.model.widths) > 0, "model.widths", "must list at least one width", cfg.model.widths),
+        (cfg.train.batch_size > 0, "train.batch_size", "must be positive", cfg.train.batch_size),
+        (cfg.train.duration_kimg > 0, "train.duration_kimg", "must be positive", cfg.train.duration_kimg),
+        (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16",
+         cfg.train.precision),
+        (cfg.sample.num_steps > 0, "sample.num_steps", "must be positive", cfg.sample.num_steps),
+        (cfg.eval.snapshots in ("all", "last"), "eval.snapshots", "must be 'all' or 'last'", cfg.eval.snapshots),
+        (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
+         "must be auto, cpu or cuda[:N]", cfg.device),
+    ]
+    for ok, key, why, value in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {key} {why}, got {value!r}")
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a YAML profile; every error names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"profile not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return config_from_dict(data, source=str(path))
+
+
+def save_resolved(cfg: Config, out_dir: str | Path) -> Path:
+    """Write the resolved configuration beside a run's outputs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
