@@ -34,6 +34,10 @@ class ModelConfig:
     attn_resolutions: list[int] = field(default_factory=lambda: [8])  # resolutions with self-attention
     dropout: float = 0.0  # dropout in residual blocks
     sigma_data: float | None = None  # EDM sigma_data; None: measured on the training images
+    embedding: str = "positional"  # c_noise embedding: "positional" (DDPM++) or "fourier" (NCSN++)
+    label_dim: int = 0  # classes for conditioning (faces); 0: unconditional
+    label_slots: int = 2  # labels per image when conditioned (a fusion has two faces)
+    label_dropout: float = 0.0  # share of training labels dropped to null, for guidance
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""The typed configuration: profiles load, bad ones fail naming the key and the file."""
+
+import math
+
+import pytest
+import yaml
+from emojidiff.config import Config, ConfigError, config_from_dict, load_config, save_resolved
+
+PROFILES = ["params/smoke.yaml", "params/cpu.yaml", "params/paper.yaml"]
+
+
+@pytest.mark.parametrize("path", PROFILES)
+def test_profiles_load_and_list_every_key(path, repo):
+    cfg = load_config(repo / path)
+    raw = yaml.safe_load((repo / path).read_text())
+    # Every profile spells out every key, so a reader sees the whole configuration.
+    assert set(raw) == set(Config().to_dict())
+    for section, values in Config().to_dict().items():
+        if isinstance(values, dict):
+            assert set(raw[section]) == set(values), f"{path}: section {section}"
+    assert cfg.name == raw["name"]
+
+
+def test_profiles_scale_as_described(repo):
+    smoke, cpu, paper = (load_config(repo / p) for p in PROFILES)
+    assert paper.model.widths == [32, 64, 128]
+    assert cpu.model.widths == [32]
+    assert smoke.train.duration_kimg < cpu.train.duration_kimg < paper.train.duration_kimg
+    assert math.isinf(cpu.sample.S_max)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  batch_sise: 64\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.batch_sise"):
+        load_config(p)
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("trian: {}\n")
+    with pytest.raises(ConfigError, match="unknown key trian"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train:\n  batch_size: '64'\n", "train.batch_size"),
+    ("train:\n  batch_size: 64.0\n", "train.batch_size"),
+    ("train:\n  xflip: 1\n", "train.xflip"),
+    ("model:\n  widths: 32\n", "model.widths"),
+    ("model:\n  widths: [32, big]\n", r"model.widths\[1\]"),
+    ("train:\n  lr: fast\n", "train.lr"),
+    ("seed: true\n", "seed"),
+    ("model:\n  sigma_data: high\n", "model.sigma_data"),
+])
+def test_wrong_types_are_refused(tmp_path, text, key):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: {key}: expected"):
+        load_config(p)
+
+
+def test_ints_are_accepted_for_floats_and_none_for_optionals():
+    cfg = config_from_dict({"train": {"lr": 1}, "model": {"sigma_data": None}})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.model.sigma_data is None
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"data": {"faces": "some"}}, "data.faces"),
+    ({"data": {"holdout": 1.5}}, "data.holdout"),
+    ({"train": {"precision": "fp8"}}, "train.precision"),
+    ({"device": "tpu"}, "device"),
+])
+def test_bad_values_are_refused(data, key):
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict(data, source="x.yaml")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="profile not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path, repo):
+    cfg = load_config(repo / "params/cpu.yaml")
+    path = save_resolved(cfg, tmp_path / "run")
+    again = load_config(path)
+    assert again == cfg and again.digest() == cfg.digest()
+    assert config_from_dict({"seed": 1}).digest() != cfg.digest()

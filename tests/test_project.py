@@ -1,0 +1,82 @@
+"""Project hygiene: environments agree, notebooks are committed clean and parameterised, ruff is clean."""
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import nbformat
+import pytest
+import yaml
+
+
+def _normalise(req: str) -> str:
+    name, spec = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", req).groups()
+    return re.sub(r"[-_.]+", "-", name).lower() + spec.replace(" ", "")
+
+
+def test_environment_yml_agrees_with_pyproject(repo):
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    wanted = {_normalise(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    env = yaml.safe_load((repo / "environment.yml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_normalise(r) for r in pip if not r.startswith("-e")}
+    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert "torch==2.14.1" in wanted and "torchvision==0.29.1" in wanted
+
+
+def _notebooks(repo):
+    found = sorted((repo / "notebooks").glob("*.ipynb"))
+    assert found, "no notebooks committed"
+    return found
+
+
+def test_notebooks_are_committed_without_outputs(repo):
+    for path in _notebooks(repo):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs, f"{path.name} has outputs"
+                assert cell.execution_count is None, f"{path.name} has execution counts"
+
+
+def test_notebooks_are_numbered_and_open_with_a_typed_parameters_cell(repo):
+    for path in _notebooks(repo):
+        assert re.match(r"^\d\d_[a-z0-9_]+\.ipynb$", path.name), path.name
+        nb = nbformat.read(path, as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "code")
+        assert "parameters" in first.metadata.get("tags", []), f"{path.name}: first code cell not tagged"
+        names = []
+        for line in first.source.strip().splitlines():
+            # one typed name per line with a short trailing comment
+            assert re.match(r"^\w+: [\w\[\], |.]+ = .+  # \S", line), f"{path.name}: {line!r}"
+            node = ast.parse(line).body[0]
+            assert isinstance(node, ast.AnnAssign)
+            names.append(node.target.id)
+        assert names[:2] == ["params_path", "out_dir"], path.name
+        assert '"../params/cpu.yaml"' in first.source and '"../outputs/cpu"' in first.source
+
+
+def test_ruff_is_clean(repo):
+    ruff = shutil.which("ruff", path=str(repo / ".venv" / "bin")) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff not installed")
+    proc = subprocess.run([ruff, "check", "--no-cache", "."], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ci_runs_the_readme_test_command(repo):
+    readme = (repo / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    ci = [line for line in (repo / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == "make test"
+
+
+def test_console_script_lists_every_stage():
+    proc = subprocess.run([sys.executable, "-m", "emojidiff.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("run",):
+        assert command in proc.stdout

@@ -1,0 +1,42 @@
+"""The whole study, end to end: `emojidiff run` with the smoke profile executes every notebook."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from emojidiff.runner import find_notebooks
+
+
+@pytest.fixture(scope="module")
+def smoke_run(repo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    exe = shutil.which("emojidiff", path=str(Path(sys.executable).parent)) or "emojidiff"
+    cmd = [exe, "run", "--params", str(repo / "params" / "smoke.yaml"), "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=900)
+    return proc, out, cmd
+
+
+def test_every_notebook_runs_with_the_smoke_profile(smoke_run, repo):
+    proc, out, _ = smoke_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for nb in find_notebooks(repo / "notebooks"):
+        executed = nbformat.read(out / "notebooks" / nb.name, as_version=4)
+        errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, f"{nb.name}: {errors[:1]}"
+        assert f"{nb.stem}: done in" in proc.stdout
+    assert (out / "config.yaml").is_file()
+    assert any((out / "figures").glob("*.png"))
+
+
+def test_a_second_run_redoes_nothing(smoke_run):
+    proc, out, cmd = smoke_run
+    assert proc.returncode == 0
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "running" not in again.stdout and again.stdout.count("up to date") == len(
+        list((out / "notebooks").glob("*.ipynb")))
