@@ -4,11 +4,45 @@ from emojidiff.config import Config, ConfigError, config_from_dict, load_config,
 from emojidiff.layout import RunLayout
 
 # --- data (issue 3) ---
+from emojidiff.dataset import FusionDataset, FusionImages, build_dataset, dataset_from_config, measure_sigma_data
+from emojidiff.emoji_sources import EmojiSourceError, available_styles, render_face, select_faces
+from emojidiff.fusion import FusionError, analyse_face, fuse
 
 # --- EDM model (issue 4) ---
+from emojidiff.edm import EDMPrecond, build_denoiser, edm_loss
+from emojidiff.sampler import euler_sample, generate, heun_sample, karras_sigmas
+from emojidiff.unet import UNet, count_parameters
 
 # --- training (issue 5) ---
+from emojidiff.checkpoint import list_snapshots, load_denoiser
+from emojidiff.train import train
 
 # --- evaluation (issue 6) ---
+from emojidiff.domain import domain_features, domain_net_for_run
+from emojidiff.evaluate import evaluate, plot_over_training
+from emojidiff.features import InceptionUnavailable, inception_features, load_inception
+from emojidiff.metrics import fid_from_features, kid_from_features, memorisation_rates, nearest_mse
+from emojidiff.sampling import list_samples, load_samples, sample_checkpoint
 
 # --- memorisation and human study (issue 7) ---
+from emojidiff.browser import BrowserWidget, NeighbourBrowser
+from emojidiff.human_study import (
+    StudySession,
+    StudyWidget,
+    bradley_terry,
+    load_answers,
+    make_pairs,
+    plot_study,
+    simulate_answers,
+    win_rates,
+)
+from emojidiff.memorisation import (
+    heldout_probe,
+    plot_min_mse_histograms,
+    plot_probe,
+    plot_quantile_examples,
+    probe_shares,
+    probe_table,
+    split_images,
+)
+from emojidiff.tracing import plot_trace, trace_sample

@@ -9,6 +9,10 @@ import sys
 # subcommand -> module exposing cli_configure(parser) and cli_main(args) -> int
 SUBCOMMANDS = {
     "run": "emojidiff.runner",
+    "data": "emojidiff.dataset",
+    "train": "emojidiff.train",
+    "sample": "emojidiff.sampling",
+    "evaluate": "emojidiff.evaluate",
 }
 
 

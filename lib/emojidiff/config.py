@@ -53,9 +53,11 @@ class TrainConfig:
     P_std: float = 1.2
     grad_clip: float = 1.0  # max global gradient norm (0: off)
     snapshot_kimg: float = 10.0  # checkpoint and EMA snapshot interval
+    checkpoint_kimg: float = 5.0  # resume-checkpoint interval (0: at snapshots only); the latest two are kept
+    max_snapshots: int = 20  # EMA snapshots kept; older ones thinned to a doubling interval
     precision: str = "auto"  # "auto", "fp32" or "bf16"
     compile: bool = False  # torch.compile the network
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int = 0  # unused: training indexes the images in memory (kept for old profiles)
 
 
 @dataclass
@@ -79,12 +81,17 @@ class EvalConfig:
     copy_ratio: float = 0.3333333333333333  # nearest/second-nearest distance ratio that counts as a copy
     copy_mse: float = 0.005  # min-MSE ([-1, 1] scale) under which a sample counts as a copy
     snapshots: str = "all"  # "all" or "last": which EMA snapshots to evaluate
+    max_snapshots: int = 0  # evaluate at most this many snapshots per width, evenly spaced, last kept (0: no cap)
+    domain_epochs: int = 6  # training epochs of the domain-feature network (parents classifier)
 
 
 @dataclass
 class StudyConfig:
     pairs: int = 60  # two-alternative pairs shown per human-study session
     answers_csv: str = "human_study/answers.csv"  # relative to the run's output folder
+    copy_rule: str = "mse"  # probe: a sample sits on a fusion by "mse" (eval.copy_mse), "ratio", "both", "either"
+    neighbours: int = 5  # nearest fusions shown per sample in the browser
+    trace_patch: int = 5  # odd patch size (pixels) for component tracing
 
 
 @dataclass

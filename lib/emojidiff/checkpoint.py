@@ -1,0 +1,231 @@
+"""Checkpoints that survive a kill: safetensors + a small JSON with a checksum, written then renamed; never pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = "emojidiff-checkpoint/1"  # full training state, for resume
+EMA_FORMAT = "emojidiff-ema/1"  # EMA weights only, the thinned series used for evaluation
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ and torch.save's zip container
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt, of an unknown format, or a pickle."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """A fingerprint of a module's weights (names, dtypes, bytes), to compare runs and processes."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fsync_write(path: Path, write) -> None:
+    """Write through `write(tmp_path)`, fsync, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(stem: Path, tensors: dict[str, torch.Tensor], meta: dict, fmt: str = FORMAT) -> Path:
+    """Write stem.safetensors, then stem.json (the commit marker) holding the tensors' sha256; returns the json."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tensor_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _fsync_write(tensor_path, lambda p: save_file(tensors, str(p)))
+    meta = {"format": fmt, **meta, "tensors": tensor_path.name, "sha256": sha256_file(tensor_path)}
+    _fsync_write(json_path, lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
+    dir_fd = os.open(stem.parent, os.O_RDONLY)  # make the renames durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return json_path
+
+
+def _refuse_pickle(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # A safetensors file opens with its header length (u64, little-endian) and then "{"; its first byte
+    # may well be 0x80, so only a file that is not safetensors-shaped is judged by the pickle magic.
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path} is a pickle / torch.save file; refused: emojidiff loads only its own safetensors + JSON "
+            "checkpoints, because unpickling can run arbitrary code")
+
+
+def read_meta(path: str | Path) -> dict:
+    """The JSON of a checkpoint (given its .json or .safetensors path), checked for format and checksum."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    _refuse_pickle(path)
+    json_path = path.with_suffix(".json")
+    if not json_path.is_file():
+        raise CheckpointError(f"{path}: no {json_path.name} beside it (an incomplete or foreign checkpoint)")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{json_path}: corrupt checkpoint metadata ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, EMA_FORMAT):
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{json_path}: unknown checkpoint format {got!r} (expected {FORMAT} or {EMA_FORMAT})")
+    tensor_path = json_path.with_name(meta["tensors"])
+    if not tensor_path.is_file():
+        raise CheckpointError(f"{json_path}: its tensor file {tensor_path.name} is missing")
+    _refuse_pickle(tensor_path)
+    digest = sha256_file(tensor_path)
+    if digest != meta["sha256"]:
+        raise CheckpointError(f"{tensor_path}: checksum mismatch (truncated or corrupt: sha256 {digest[:12]}... "
+                              f"!= recorded {meta['sha256'][:12]}...)")
+    meta["_json"], meta["_tensors"] = str(json_path), str(tensor_path)
+    return meta
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a verified checkpoint (safetensors only: nothing is unpickled)."""
+    meta = read_meta(path)
+    try:
+        tensors = load_file(meta["_tensors"])
+    except Exception as e:  # safetensors raises its own error types on malformed headers
+        raise CheckpointError(f"{meta['_tensors']}: not a readable safetensors file ({e})") from e
+    return tensors, meta
+
+
+def _sorted(train_dir: Path, prefix: str) -> list[Path]:
+    return sorted(Path(train_dir).glob(f"{prefix}-*.json"))
+
+
+def latest_good(train_dir: str | Path, prefix: str = "ckpt") -> tuple[dict, dict] | None:
+    """The newest checkpoint that verifies, warning by name about each newer one that does not; None if none."""
+    for json_path in reversed(_sorted(Path(train_dir), prefix)):
+        try:
+            return load(json_path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping bad checkpoint {json_path.name}: {e}; falling back to the previous one",
+                          stacklevel=2)
+    return None
+
+
+def list_snapshots(train_dir: str | Path) -> list[tuple[float, Path]]:
+    """The EMA snapshots of a training run as (kimg, path to .safetensors), oldest first."""
+    out = []
+    for json_path in _sorted(Path(train_dir), "ema"):
+        try:
+            meta = json.loads(json_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        tensor_path = json_path.with_name(meta.get("tensors", ""))
+        if meta.get("format") == EMA_FORMAT and tensor_path.is_file():
+            out.append((float(meta["kimg"]), tensor_path))
+    return sorted(out, key=lambda t: t[0])
+
+
+def remove(json_path: Path) -> None:
+    """Delete a checkpoint: its json (the commit marker) first, then its tensors."""
+    json_path = Path(json_path)
+    for p in (json_path, json_path.with_suffix(".safetensors")):
+        p.unlink(missing_ok=True)
+
+
+def thin(indices: list[int], keep: int) -> set[int]:
+    """Snapshot ordinals to keep: multiples of the least power-of-two spacing that fits `keep`, and the last."""
+    if not indices:
+        return set()
+    spacing = 1
+    while sum(1 for i in indices if i % spacing == 0) > max(keep - 1, 1):
+        spacing *= 2
+    return {i for i in indices if i % spacing == 0} | {indices[-1]}
+
+
+def pack_state(net, ema, opt, generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
+    """Everything a resume needs as (tensors, JSON-able meta): weights, EMA, Adam state and every RNG state."""
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    opt_sd = opt.state_dict()
+    for idx, st in opt_sd["state"].items():
+        tensors |= {f"opt.{idx}.{k}": v for k, v in st.items() if torch.is_tensor(v)}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    tensors |= {f"rng.gen.{name}": g.get_state() for name, g in generators.items()}
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {"optimizer": {"param_groups": opt_sd["param_groups"]},
+            "rng": {"numpy": [np_state[0], *np_state[2:]], "python": random.getstate()}}
+    return tensors, meta
+
+
+def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str, torch.Generator]) -> None:
+    """Put a `pack_state` checkpoint back, bit for bit."""
+
+    def sub(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    net.load_state_dict(sub("net."))
+    ema.load_state_dict(sub("ema."))
+    state: dict[int, dict] = {}
+    for key, v in sub("opt.").items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": dict(sorted(state.items())), "param_groups": meta["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sub("rng.cuda.")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+    for name, g in generators.items():
+        g.set_state(tensors[f"rng.gen.{name}"])
+    kind, *rest = meta["rng"]["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), *rest))
+    version, internal, gauss = meta["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_denoiser(path_or_train_dir: str | Path, device: str | torch.device = "cpu", ema: bool = True):
+    """An EDMPrecond in eval mode from a checkpoint, an EMA snapshot, or a training folder (its newest EMA)."""
+    from emojidiff.config import ModelConfig
+    from emojidiff.edm import build_denoiser
+
+    path = Path(path_or_train_dir)
+    if path.is_dir():
+        snaps = list_snapshots(path)
+        if snaps and ema:
+            path = snaps[-1][1]
+        else:
+            found = latest_good(path)
+            if found is None:
+                raise CheckpointError(f"{path}: no checkpoint or EMA snapshot here (train first: emojidiff train)")
+            path = Path(found[1]["_json"])
+    tensors, meta = load(path)
+    if meta["format"] == EMA_FORMAT and not ema:
+        raise CheckpointError(f"{path}: an EMA-only snapshot; pass ema=True or a full checkpoint for raw weights")
+    prefix = "ema." if ema else "net."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model_cfg = ModelConfig(**meta["model"])
+    net = build_denoiser(model_cfg, meta["width"], meta["img_resolution"], meta["sigma_data"])
+    net.load_state_dict(state)
+    return net.to(device).eval().requires_grad_(False)

@@ -1,0 +1,298 @@
+"""The fusion dataset: every ordered pair of faces fused, rendered, deduplicated, split by pairs, and cached.
+
+Rows: one per distinct image. All ordered pairs A != B are fused and rendered at `dedup_size` (the training size);
+pairs whose images are byte-identical there share one row: the first pair in face order gives the row its
+parents, `n_pairs` counts the pairs behind it, and `pairs` lists every pair with the row it became. Any other
+size (the 128-px gallery) renders exactly the same rows, so galleries line up with training rows by index.
+The held-out split draws a seeded share of rows; all pairs behind a row share its split, so a held-out pair is
+never in training, not even as a pixel-identical twin. Alpha is flattened onto white by resvg (source-over).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emojidiff import fusion
+from emojidiff.emoji_sources import EmojiSourceError, available_styles, render_svg, select_faces
+
+CODE_VERSION = "1"  # bump when the fusion or rendering changes in a way the source hash below would miss
+_PARTS: dict = {}  # (style, unified) -> FaceParts, shared with forked workers
+
+
+@dataclass
+class FusionDataset:
+    """Fused faces: uint8 NHWC `images`, one per `manifest` row; `pairs` maps every ordered pair to its row."""
+
+    images: np.ndarray
+    manifest: pd.DataFrame
+    pairs: pd.DataFrame
+    size: int
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, split: str) -> np.ndarray:
+        """Images of one split ("train" or "holdout")."""
+        if split not in ("train", "holdout"):
+            raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
+        return self.images[(self.manifest["split"] == split).to_numpy()]
+
+    def train_images(self) -> np.ndarray:
+        return self.subset("train")
+
+    def holdout_images(self) -> np.ndarray:
+        return self.subset("holdout")
+
+    def torch_dataset(self, split: str = "train", xflip: bool = False) -> FusionImages:
+        """A torch Dataset of one split, scaled to [-1, 1]."""
+        return FusionImages(self.subset(split), xflip=xflip)
+
+    def summary(self) -> dict:
+        """Counts and sigma_data as plain data (for JSON)."""
+        m = self.manifest
+        return {**self.info, "size": self.size, "rows": len(m), "train": int((m.split == "train").sum()),
+                "holdout": int((m.split == "holdout").sum()),
+                "holdout_pairs": int((self.pairs.split == "holdout").sum()),
+                "sigma_data": measure_sigma_data(self.train_images()) if len(m) else None}
+
+    def save_summary(self, path: str | Path) -> Path:
+        """Write summary() as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.summary(), indent=1, ensure_ascii=False) + "\n")
+        return path
+
+
+def measure_sigma_data(images: np.ndarray) -> float:
+    """Standard deviation of the pixels scaled to [-1, 1] (EDM's sigma_data, Karras et al. 2022, sec. 5)."""
+    x = np.asarray(images)
+    if x.size == 0:
+        raise ValueError("measure_sigma_data: no images")
+    x = x.astype(np.float64) / 127.5 - 1.0
+    return float(x.std())
+
+
+class FusionImages:
+    """torch Dataset over uint8 NHWC images: float CHW tensors in [-1, 1], optionally flipped left-right."""
+
+    def __init__(self, images: np.ndarray, xflip: bool = False):
+        import torch
+
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # NCHW uint8 view
+        self.xflip = xflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        import torch
+
+        x = self.images[i].float() / 127.5 - 1.0
+        if self.xflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x
+
+
+def _code_hash() -> str:
+    h = hashlib.sha256(CODE_VERSION.encode())
+    for name in ("fusion.py", "svgpath.py", "emoji_sources.py"):
+        h.update((resources.files("emojidiff") / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _cache_root(cache_dir) -> Path:
+    return Path(cache_dir or os.environ.get("EMOJIDIFF_CACHE") or Path.home() / ".cache" / "emojidiff") / "dataset"
+
+
+def _parts(style: str, face) -> fusion.FaceParts:
+    key = (style, face.unified)
+    if key not in _PARTS:
+        _PARTS[key] = fusion.analyse_face(style, face)
+    return _PARTS[key]
+
+
+def _render_chunk(job) -> np.ndarray:
+    style, pairs, size = job
+    out = np.empty((len(pairs), size, size, 3), np.uint8)
+    for i, (a, b) in enumerate(pairs):
+        pa, pb = _PARTS[(style, a)], _PARTS[(style, b)]
+        out[i] = render_svg(fusion.fuse(pa, pb), size, name=f"{style}/{pa.face.name}+{pb.face.name}")
+    return out
+
+
+def _render_pairs(style, pairs, size, workers, progress) -> np.ndarray:
+    """Fuse and render pairs of codepoints, in parallel over forked workers (which inherit _PARTS)."""
+    chunk = 64
+    jobs = [(style, pairs[i:i + chunk], size) for i in range(0, len(pairs), chunk)]
+    bar = tqdm(total=len(pairs), desc=f"{style} {size}px", disable=not progress, leave=False)
+    results = []
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for r in pool.imap(_render_chunk, jobs):
+                results.append(r)
+                bar.update(len(r))
+    else:
+        for job in jobs:
+            results.append(_render_chunk(job))
+            bar.update(len(results[-1]))
+    bar.close()
+    return np.concatenate(results) if results else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _analyse(style, faces, progress) -> None:
+    for f in tqdm(faces, desc=f"{style} faces", disable=not progress, leave=False):
+        _parts(style, f)
+
+
+def _build_style(style, face_list, size, holdout, seed, workers, progress):
+    """One style's rows at the dedup size: fuse all pairs, render, deduplicate by hash, split."""
+    gone = fusion.DROPPED.get(style, {})
+    dropped = {f.unified: gone[f.unified] for f in face_list if f.unified in gone}
+    faces = [f for f in face_list if f.unified not in dropped]
+    by_u = {f.unified: f for f in faces}
+    _analyse(style, faces, progress)
+    pairs = [(a.unified, b.unified) for a in faces for b in faces if a is not b]
+    base = _render_pairs(style, pairs, size, workers, progress)
+    hashes = [hashlib.sha256(im.tobytes()).hexdigest()[:16] for im in base]
+    first: dict[str, int] = {}
+    row_of = [first.setdefault(h, len(first)) for h in hashes]  # row = order of first appearance
+    keep = sorted({h: i for i, h in reversed(list(enumerate(hashes)))}.values())
+    rng = np.random.default_rng([seed, int(hashlib.sha256(style.encode()).hexdigest()[:8], 16)])
+    n_hold = int(round(holdout * len(keep)))
+    split = np.full(len(keep), "train", dtype=object)
+    split[rng.permutation(len(keep))[:n_hold]] = "holdout"
+    counts = np.bincount(row_of, minlength=len(keep))
+    manifest = pd.DataFrame({
+        "style": style,
+        "parent_a": [pairs[i][0] for i in keep],
+        "parent_b": [pairs[i][1] for i in keep],
+        "name_a": [by_u[pairs[i][0]].name for i in keep],
+        "name_b": [by_u[pairs[i][1]].name for i in keep],
+        "char_a": [by_u[pairs[i][0]].char for i in keep],
+        "char_b": [by_u[pairs[i][1]].char for i in keep],
+        "split": split,
+        "hash": [hashes[i] for i in keep],
+        "n_pairs": counts,
+    })
+    pair_table = pd.DataFrame({"style": style, "parent_a": [p[0] for p in pairs], "parent_b": [p[1] for p in pairs],
+                               "row": row_of, "split": split[row_of] if pairs else [],
+                               "duplicate": ~np.isin(np.arange(len(pairs)), keep)})
+    images = base[keep]
+    info = {"faces": len(faces), "pairs": len(pairs), "distinct": len(keep), "duplicates": len(pairs) - len(keep),
+            "duplicate_rate": (len(pairs) - len(keep)) / max(len(pairs), 1), "dropped": dropped,
+            "overridden": {u: by_u[u].name for u in fusion.OVERRIDES.get(style, {}) if u in by_u}}
+    return images, manifest, pair_table, info
+
+
+def build_dataset(style: str | list[str] = "noto", faces: str | list[str] = "core", size: int = 32,
+                  holdout: float = 0.1, seed: int = 0, max_faces: int = 0, dedup_size: int = 32,
+                  cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
+                  use_cache: bool = True) -> FusionDataset:
+    """Fuse all ordered pairs of the chosen faces of one or more styles; cached under $EMOJIDIFF_CACHE."""
+    styles = [style] if isinstance(style, str) else list(style)
+    for s in styles:
+        if s not in available_styles():
+            raise EmojiSourceError(f"unknown emoji style {s!r} (available: {', '.join(available_styles())})")
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if size < 8 or dedup_size < 8:
+        raise ValueError(f"size and dedup_size must be >= 8 pixels, got {size}, {dedup_size}")
+    face_lists = {s: select_faces(faces, s, max_faces) for s in styles}
+    params = {"styles": styles, "faces": {s: [f.unified for f in fl] for s, fl in face_lists.items()},
+              "size": size, "dedup_size": dedup_size, "holdout": holdout, "seed": seed, "code": _code_hash(),
+              "data": {s: hashlib.sha256((resources.files("emojidiff") / "data" / f"{s}.json").read_bytes())
+                       .hexdigest()[:12] for s in styles}}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+    folder = _cache_root(cache_dir) / key
+    if use_cache and (folder / "done").is_file():
+        info = json.loads((folder / "info.json").read_text())
+        info["cache_hit"] = True
+        text = {c: str for c in ("style", "parent_a", "parent_b", "name_a", "name_b", "char_a", "char_b", "split",
+                                 "hash")}
+        return FusionDataset(np.load(folder / "images.npy"), pd.read_csv(folder / "manifest.csv", dtype=text),
+                             pd.read_csv(folder / "pairs.csv", dtype=text), size, info)
+    t0 = time.perf_counter()
+    workers = workers or len(os.sched_getaffinity(0))
+    if size != dedup_size:  # same rows as the dedup-size build, rendered at this size
+        base = build_dataset(styles, faces, dedup_size, holdout, seed, max_faces, dedup_size, cache_dir, workers,
+                             progress, use_cache)
+        images = []
+        for s in styles:
+            _analyse(s, face_lists[s], progress)
+            rows = base.manifest[base.manifest["style"] == s]
+            images.append(_render_pairs(s, list(zip(rows.parent_a, rows.parent_b)), size, workers, progress))
+        info = {**base.info, "build_seconds": round(time.perf_counter() - t0, 2), "cache_key": key}
+        ds = FusionDataset(np.concatenate(images), base.manifest, base.pairs, size, info)
+    else:
+        ds = _build_rows(styles, face_lists, faces, size, holdout, seed, max_faces, workers, progress, key, t0)
+    if use_cache:
+        _save(ds, folder)
+    ds.info["cache_hit"] = False
+    return ds
+
+
+def _build_rows(styles, face_lists, faces, size, holdout, seed, max_faces, workers, progress, key, t0):
+    parts = [_build_style(s, face_lists[s], size, holdout, seed, workers, progress) for s in styles]
+    offsets = np.cumsum([0] + [len(p[1]) for p in parts])
+    manifest = pd.concat([p[1] for p in parts], ignore_index=True)
+    manifest.insert(0, "index", np.arange(len(manifest)))
+    pair_tables = [p[2].assign(row=p[2]["row"] + off) for p, off in zip(parts, offsets)]
+    pairs = pd.concat(pair_tables, ignore_index=True)
+    info = {"styles": styles, "faces_kind": faces if isinstance(faces, str) else "list", "max_faces": max_faces,
+            "dedup_size": size, "holdout_share": holdout, "seed": seed, "cache_key": key,
+            "per_style": {s: p[3] for s, p in zip(styles, parts)},
+            **{k: sum(p[3][k] for p in parts) for k in ("faces", "pairs", "distinct", "duplicates")}}
+    info["duplicate_rate"] = info["duplicates"] / max(info["pairs"], 1)
+    info["build_seconds"] = round(time.perf_counter() - t0, 2)
+    return FusionDataset(np.concatenate([p[0] for p in parts]), manifest, pairs, size, info)
+
+
+def _save(ds: FusionDataset, folder: Path) -> None:
+    """Write the cache folder; `done` last, so a half-written folder is never read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"images.{os.getpid()}.npy"
+    np.save(tmp, ds.images)
+    tmp.replace(folder / "images.npy")
+    ds.manifest.to_csv(folder / "manifest.csv", index=False)
+    ds.pairs.to_csv(folder / "pairs.csv", index=False)
+    (folder / "info.json").write_text(json.dumps(ds.info, indent=1, ensure_ascii=False))
+    (folder / "done").write_text("ok\n")
+
+
+def dataset_from_config(cfg, size: int | None = None, **kwargs) -> FusionDataset:
+    """The profile's dataset (cfg.data, cfg.seed) at `size` (default cfg.data.size; e.g. cfg.data.gallery_size)."""
+    d = cfg.data
+    return build_dataset(style=d.styles, faces=d.faces, size=size or d.size, holdout=d.holdout, seed=cfg.seed,
+                         max_faces=d.max_faces, dedup_size=d.size, **kwargs)
+
+
+def cli_configure(parser) -> None:
+    parser.add_argument("--params", required=True, help="study profile (YAML)")
+    parser.add_argument("--size", type=int, default=None, help="image size (default: the profile's data.size)")
+    parser.add_argument("--out", default=None, help="write the summary JSON here")
+
+
+def cli_main(args) -> int:
+    """Build (or load from cache) the profile's dataset and print its counts."""
+    from emojidiff.config import load_config
+
+    ds = dataset_from_config(load_config(args.params), size=args.size)
+    summary = ds.summary()
+    for k in ("styles", "faces", "pairs", "distinct", "duplicate_rate", "train", "holdout", "holdout_pairs",
+              "sigma_data", "build_seconds", "cache_hit"):
+        print(f"{k}: {summary.get(k)}")
+    if args.out:
+        ds.save_summary(args.out)
+    return 0

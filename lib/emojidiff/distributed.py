@@ -1,0 +1,87 @@
+"""One entry point for one process or many (torchrun): DDP with gloo on CPU and NCCL on GPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this rank's GPU if there is one, else the CPU; 'cuda' -> cuda:<local_rank>."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available (set device: cpu or auto)")
+    return torch.device(name)
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run as a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def shard(n: int, info: DistInfo) -> slice:
+    """This rank's contiguous share of a global batch of `n` (which must divide evenly)."""
+    if n % info.world_size:
+        raise ValueError(f"global batch {n} does not divide across {info.world_size} processes")
+    per = n // info.world_size
+    return slice(info.rank * per, (info.rank + 1) * per)
+
+
+def wrap(net: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel around `net` when there are several processes."""
+    if not info.active:
+        return net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(net, device_ids=ids, broadcast_buffers=False)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def mean(value: float, info: DistInfo) -> float:
+    """The mean of a scalar over all processes (for logging)."""
+    if not info.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if info.device.type == "cuda":
+        t = t.to(info.device)
+    dist.all_reduce(t)
+    return t.item() / info.world_size
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.active and dist.is_initialized():
+        dist.destroy_process_group()

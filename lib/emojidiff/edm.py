@@ -1,0 +1,78 @@
+"""EDM preconditioning and training loss (Karras et al. 2022, Table 1 and eq. 8)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emojidiff.unet import UNet
+
+
+class EDMPrecond(nn.Module):
+    """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), EDM eq. 7 with the coefficients of Table 1."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data!r}")
+        self.net = net
+        self.sigma_data = float(sigma_data)
+        self.img_resolution = getattr(net, "img_resolution", None)
+        self.img_channels = getattr(net, "img_channels", None)
+
+    def forward(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # Preconditioning in x's precision (float32, or float64 from the sampler); F in the network's.
+        dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+        x = x.to(dtype)
+        sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1, 1, 1, 1)
+        sd = self.sigma_data
+
+        # Table 1
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sd**2 + sigma**2).sqrt()
+        c_noise = sigma.log() / 4
+
+        param = next(self.net.parameters(), None)
+        net_dtype = param.dtype if param is not None else torch.float32
+        F_x = self.net((c_in * x).to(net_dtype), c_noise.flatten().to(net_dtype), labels)
+        D_x = c_skip * x + c_out * F_x.to(dtype)
+        return D_x
+
+
+def edm_loss(denoiser, images: torch.Tensor, P_mean: float = -1.2, P_std: float = 1.2,
+             sigma_data: float = 0.5, generator: torch.Generator | None = None,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image EDM loss, eq. 8: lambda(sigma) |D(y + n; sigma) - y|^2 averaged over pixels."""
+    y = images
+    n_img = y.shape[0]
+    # Table 1, training: ln(sigma) ~ N(P_mean, P_std^2),
+    # lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
+    gen_device = generator.device if generator is not None else y.device  # CPU generator: same numbers anywhere
+    rnd_normal = torch.randn(n_img, 1, 1, 1, generator=generator, device=gen_device)
+    sigma = (rnd_normal * P_std + P_mean).exp().to(y.device, torch.float32)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    n = torch.randn(y.shape, generator=generator, device=gen_device).to(y.device, y.dtype) * sigma
+    args = (y + n, sigma.flatten()) if labels is None else (y + n, sigma.flatten(), labels)
+    D_yn = denoiser(*args)
+    return (weight * (D_yn.float() - y.float()) ** 2).mean(dim=(1, 2, 3))
+
+
+def build_denoiser(model_cfg, width: int, img_resolution: int, sigma_data: float | None = None) -> EDMPrecond:
+    """The EDM denoiser for one UNet width of a `ModelConfig` section (sigma_data: argument, else config)."""
+    sigma_data = sigma_data if sigma_data is not None else model_cfg.sigma_data
+    if sigma_data is None:
+        raise ValueError("sigma_data is None as argument and in the model config: measure it on the data")
+    net = UNet(
+        img_resolution=img_resolution,
+        model_channels=width,
+        channel_mult=tuple(model_cfg.channel_mult),
+        num_blocks=model_cfg.num_blocks,
+        attn_resolutions=tuple(model_cfg.attn_resolutions),
+        dropout=model_cfg.dropout,
+        embedding=model_cfg.embedding,
+        label_dim=model_cfg.label_dim,
+        label_slots=model_cfg.label_slots,
+        label_dropout=model_cfg.label_dropout,
+    )
+    return EDMPrecond(net, sigma_data=sigma_data)

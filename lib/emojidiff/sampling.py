@@ -1,0 +1,176 @@
+"""Draw thousands of emoji from a checkpoint's EMA weights (Heun, seeded per image) and keep them as uint8 arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emojidiff.layout import RunLayout
+
+
+def samples_name(kimg: float, num_images: int, seed: int, num_steps: int) -> str:
+    """File stem of one sample set: snapshot, count, seed and steps, so a different request never reuses it."""
+    return f"kimg{kimg:09.3f}-n{num_images}-seed{seed}-steps{num_steps}"
+
+
+def _gather(images: np.ndarray, info) -> np.ndarray:
+    """Concatenate every rank's images in rank order (all ranks get the result)."""
+    import torch.distributed as dist
+
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, images)
+    return np.concatenate(parts)
+
+
+def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, num_images: int = 1000, seed: int = 0,
+                      num_steps: int = 18, batch_size: int = 256, device: str = "auto", precision: str = "auto",
+                      S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
+                      overwrite: bool = False, progress: bool = True) -> Path:
+    """Sample `num_images` from a checkpoint's EMA weights into out_folder/<samples_name>.npz (+ a .png grid).
+
+    Image i's noise is seeded by (seed, i), so sets drawn with other batch sizes or rank counts agree. Under torchrun
+    each rank draws a contiguous share and rank 0 writes the file. An existing file is reused unless `overwrite`.
+    bf16 autocast follows the training rule (emojidiff.train.resolve_precision).
+    """
+    from emojidiff import distributed as dist
+    from emojidiff.checkpoint import load_denoiser, read_meta
+    from emojidiff.grids import save_grid
+    from emojidiff.sampler import generate
+    from emojidiff.train import resolve_precision
+
+    if num_images < 1:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    meta = read_meta(checkpoint)
+    kimg = float(meta["kimg"])
+    out_folder = Path(out_folder)
+    path = out_folder / f"{samples_name(kimg, num_images, seed, num_steps)}.npz"
+    if path.is_file() and not overwrite:
+        return path
+    info = dist.setup(device)
+    net = load_denoiser(checkpoint, info.device, ema=True)
+    amp = resolve_precision(precision, info.device)
+    per = -(-num_images // info.world_size)
+    start, stop = min(info.rank * per, num_images), min((info.rank + 1) * per, num_images)
+    images = generate(net, stop - start, seed, batch_size=batch_size, num_steps=num_steps, start_index=start,
+                      device=info.device, dtype=torch.float32, autocast=amp is not None, uint8=True,
+                      progress=progress and info.is_main, S_churn=S_churn, S_min=S_min, S_max=S_max,
+                      S_noise=S_noise)
+    if info.active:
+        images = _gather(images, info)
+    if info.is_main:
+        sample_info = {"checkpoint": str(checkpoint), "kimg": kimg, "width": meta.get("width"),
+                       "num_images": num_images, "seed": seed, "num_steps": num_steps, "sampler": "heun",
+                       "S_churn": S_churn, "S_min": S_min, "S_max": S_max, "S_noise": S_noise,
+                       "precision": "bf16" if amp is not None else "fp32", "world_size": info.world_size}
+        out_folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+        np.savez(tmp, images=images, info=json.dumps(sample_info))
+        os.replace(tmp, path)
+        save_grid(path.with_suffix(".png"), images[:100], ncols=10, scale=2)
+    dist.barrier(info)
+    return path
+
+
+def list_samples(layout: RunLayout | str | Path, width: int) -> list[dict]:
+    """Every sample set of one width as dicts (kimg, num_images, seed, num_steps, path), oldest snapshot first."""
+    layout = layout if isinstance(layout, RunLayout) else RunLayout(layout)
+    out = []
+    for p in sorted(layout.samples(width).glob("kimg*-n*-seed*-steps*.npz")):
+        kimg, n, seed, steps = p.stem.split("-")
+        out.append({"kimg": float(kimg[4:]), "num_images": int(n[1:]), "seed": int(seed[4:]),
+                    "num_steps": int(steps[5:]), "path": p})
+    return sorted(out, key=lambda r: (r["kimg"], r["num_images"]))
+
+
+def load_samples(layout: RunLayout | str | Path, width: int, kimg: float | None = None) -> tuple[np.ndarray, dict]:
+    """(uint8 NHWC images, info) of one width's samples at snapshot `kimg` (None: the latest); largest set wins."""
+    sets = list_samples(layout, width)
+    folder = (layout if isinstance(layout, RunLayout) else RunLayout(layout)).samples(width)
+    if not sets:
+        raise FileNotFoundError(f"no samples in {folder}: run `emojidiff sample` or notebook 04_metrics first "
+                                f"(after training: notebook 02_training)")
+    if kimg is None:
+        kimg = sets[-1]["kimg"]
+    match = [s for s in sets if abs(s["kimg"] - kimg) < 1e-6]
+    if not match:
+        raise FileNotFoundError(f"no samples at {kimg} kimg in {folder}; have {sorted({s['kimg'] for s in sets})}")
+    with np.load(match[-1]["path"]) as f:
+        return f["images"], {**json.loads(str(f["info"])), "path": str(match[-1]["path"])}
+
+
+def cli_configure(parser) -> None:
+    parser.add_argument("--params", required=True, help="profile YAML (params/*.yaml)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="EMA snapshot or checkpoint (default: the latest EMA snapshot of every width)")
+    parser.add_argument("--num", type=int, default=None, help="images to draw (default: sample.num_images)")
+    parser.add_argument("--out", default=None, help="run folder (default outputs/<profile name>)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: the profile's seed)")
+
+
+def cli_main(args) -> int:
+    """Sample from EMA snapshots into the run's samples/w<width>/ folder."""
+    from emojidiff.checkpoint import list_snapshots, read_meta
+    from emojidiff.config import load_config
+
+    cfg = load_config(args.params)
+    layout = RunLayout(args.out if args.out is not None else Path("outputs") / cfg.name)
+    if args.checkpoint:
+        jobs = [(int(read_meta(args.checkpoint)["width"]), Path(args.checkpoint))]
+    else:
+        jobs = []
+        for w in cfg.model.widths:
+            snaps = list_snapshots(layout.train(w))
+            if not snaps:
+                raise FileNotFoundError(f"no EMA snapshots in {layout.train(w)}: train first (emojidiff train)")
+            jobs.append((w, snaps[-1][1]))
+    s = cfg.sample
+    for w, ckpt in jobs:
+        path = sample_checkpoint(ckpt, layout.samples(w), args.num or s.num_images,
+                                 cfg.seed if args.seed is None else args.seed, s.num_steps, s.batch_size,
+                                 cfg.device, cfg.train.precision, s.S_churn, s.S_min, s.S_max, s.S_noise)
+        print(f"w{w}: {path}")
+    return 0
+
+
+def gallery_vs_training(layout: RunLayout | str | Path, width: int, train_images: np.ndarray, kimg: float | None = None,
+                        n: int = 40, seed: int = 0, path: str | Path | None = None):
+    """A figure: n samples (upscaled 4x to 128 px) beside n random training images at the same scale."""
+    import matplotlib.pyplot as plt
+
+    from emojidiff.grids import make_grid
+
+    images, info = load_samples(layout, width, kimg)
+    pick = np.random.default_rng(seed).choice(len(train_images), min(n, len(train_images)), replace=False)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.5))
+    for ax, ims, title in [(axes[0], images[:n], f"samples, width {width}, {info['kimg']:g} kimg"),
+                           (axes[1], train_images[pick], "random training fusions")]:
+        ax.imshow(make_grid(ims, ncols=8, scale=128 // ims.shape[1]))
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig
+
+
+def gallery_over_training(layout: RunLayout | str | Path, width: int, n: int = 10, path: str | Path | None = None):
+    """A figure: one row of the same n seeds per snapshot, so each image's evolution over training reads down."""
+    import matplotlib.pyplot as plt
+
+    from emojidiff.grids import make_grid
+
+    sets = {s["kimg"]: s for s in list_samples(layout, width)}  # one set per snapshot (the largest)
+    rows = [load_samples(layout, width, k)[0][:n] for k in sets]
+    fig, ax = plt.subplots(figsize=(n * 1.3, 1.4 * len(rows) + 0.6))
+    ax.imshow(make_grid(np.concatenate(rows), ncols=n, scale=128 // rows[0].shape[1]))
+    ax.set_yticks([(i + 0.5) * ax.get_ylim()[0] / len(rows) for i in range(len(rows))], [f"{k:g} kimg" for k in sets])
+    ax.set_xticks([])
+    ax.set_title(f"width {width}: the same seeds at each snapshot")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig

@@ -1,0 +1,330 @@
+"""Train the EDM denoiser: Adam with lr ramp-up, EMA, resumable checkpoints, bf16 on CPU/GPU, torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emojidiff import checkpoint as ckpt
+from emojidiff import distributed as dist
+from emojidiff.config import Config, load_config, save_resolved
+from emojidiff.ema import ema_beta, make_ema, update_ema
+from emojidiff.grids import save_grid
+from emojidiff.layout import RunLayout
+
+GRID_IMAGES = 64  # EMA samples drawn at each snapshot, fixed seeds
+GRID_SEED = 123456
+LOG_EVERY = 10  # steps between metrics lines
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def _seed_ints(*words: int) -> int:
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch: a permutation fixed by (seed, epoch), so a resume finds its place."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_ints(seed, 0xDA7A, epoch)))
+
+
+def next_indices(n: int, batch: int, seed: int, epoch: int, pos: int) -> tuple[torch.Tensor, int, int]:
+    """The next global batch of image indices from position `pos` of `epoch`, running into the next epochs."""
+    parts = []
+    while batch > 0:
+        order = epoch_order(n, seed, epoch)
+        take = order[pos:pos + batch]
+        parts.append(take)
+        batch -= len(take)
+        pos += len(take)
+        if pos >= n:
+            epoch, pos = epoch + 1, 0
+    return torch.cat(parts), epoch, pos
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware does bf16 fast ('auto'), else fp32 (None)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    fast = ("avx512_bf16" in flags or "amx_bf16" in flags) and "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if fast else None
+
+
+def batch_loss(net, y: torch.Tensor, rnd_normal: torch.Tensor, noise: torch.Tensor, P_mean: float, P_std: float,
+               sigma_data: float) -> torch.Tensor:
+    """EDM eq. 8 with pre-drawn ln(sigma) normals and noise, so ranks can share one global draw (= edm_loss)."""
+    sigma = (rnd_normal * P_std + P_mean).exp()  # ln(sigma) ~ N(P_mean, P_std^2)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # lambda(sigma), Table 1
+    D_yn = net(y + noise * sigma, sigma.flatten())
+    return (weight * (D_yn.float() - y.float()) ** 2).mean(dim=(1, 2, 3))
+
+
+def training_images(cfg: Config) -> np.ndarray:
+    """The training split of the profile's dataset, uint8 NHWC."""
+    from emojidiff.dataset import dataset_from_config
+
+    return np.asarray(dataset_from_config(cfg).train_images())
+
+
+def measured_sigma_data(images: np.ndarray) -> float:
+    from emojidiff.dataset import measure_sigma_data
+
+    return float(measure_sigma_data(images))
+
+
+def read_metrics(train_dir: str | Path):
+    """The metrics log of a training folder as a DataFrame (one row per logged step)."""
+    import pandas as pd
+
+    path = Path(train_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log at {path}: train first (notebook 02_training or emojidiff train)")
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def sample_grids(train_dir: str | Path) -> list[tuple[float, Path]]:
+    """The EMA sample grids saved at each snapshot, as (kimg, png path), oldest first."""
+    out = [(float(json.loads(p.with_suffix(".json").read_text())["kimg"]), p.with_suffix(".png"))
+           for p in Path(train_dir).glob("ema-*.json") if p.with_suffix(".png").is_file()]
+    return sorted(out)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they would be repeated)."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _clear(train_dir: Path) -> None:
+    for p in train_dir.glob("*"):
+        if p.is_file() and re.match(r"(ckpt|ema)-\d+\.(json|safetensors|png)$|metrics\.jsonl$", p.name):
+            p.unlink()
+
+
+def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
+    """Refuse to resume with another architecture, dataset or seed; note changed training settings."""
+    now = cfg.to_dict()
+    for key in ("model", "data"):
+        ignore = ("widths", "gallery_size")  # what does not change this width's training
+        old, new = ({k: v for k, v in d.items() if k not in ignore} for d in (meta.get(key), now[key]))
+        if old != new:
+            diff = sorted(k for k in new if old.get(k) != new[k])
+            raise ValueError(f"{meta['_json']}: trained with other {key} settings ({', '.join(diff)}); "
+                             "resume=False (--no-resume) to start over")
+    if meta["width"] != width or meta["seed"] != cfg.seed:
+        raise ValueError(f"{meta['_json']}: trained with width {meta['width']}, seed {meta['seed']}")
+    changed = sorted(k for k, v in now["train"].items() if meta["train"].get(k) != v)
+    if changed:
+        warnings.warn(f"resuming {meta['_json']} with changed train settings: {', '.join(changed)}", stacklevel=3)
+
+
+def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True, images: np.ndarray | None = None,
+                progress: bool = True) -> dict:
+    """Train one UNet width into layout.train(width); returns a summary."""
+    from emojidiff.edm import build_denoiser
+    from emojidiff.sampler import generate
+
+    tc, info = cfg.train, dist.setup(cfg.device)
+    if cfg.model.label_dim:
+        raise NotImplementedError(f"model.label_dim={cfg.model.label_dim}: conditional training is not supported")
+    out = layout.train(width)
+    out.mkdir(parents=True, exist_ok=True)
+    images = training_images(cfg) if images is None else images
+    n, total_nimg = len(images), int(round(tc.duration_kimg * 1000))
+    B = tc.batch_size
+    sl = dist.shard(B, info)  # this rank's part of every global batch
+    data = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 NCHW
+
+    found = ckpt.latest_good(out) if resume else None
+    if not resume and info.is_main:
+        _clear(out)
+    dist.barrier(info)
+    if found is not None:
+        _check_resumable(found[1], cfg, width)
+    sigma_data = found[1]["sigma_data"] if found else cfg.model.sigma_data or measured_sigma_data(images)
+
+    torch.manual_seed(_seed_ints(cfg.seed, width, 1))  # init and dropout; numpy/python seeded for any user code
+    np.random.seed(_seed_ints(cfg.seed, width, 3) % 2**32)
+    random.seed(_seed_ints(cfg.seed, width, 4))
+    net = build_denoiser(cfg.model, width, data.shape[-1], sigma_data).to(info.device).train()
+    amp = resolve_precision(tc.precision, info.device)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    fmt = torch.channels_last if (amp is not None or info.device.type == "cuda") else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    ema = make_ema(net)
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
+    gen = torch.Generator().manual_seed(_seed_ints(cfg.seed, width, 2))  # noise, sigma and flips
+    state = {"step": 0, "nimg": 0, "epoch": 0, "pos": 0, "wall_s": 0.0}
+    if found is not None:
+        ckpt.restore_state(found[0], found[1], net, ema, opt, {"noise": gen})
+        state = {k: found[1][k] for k in state}
+        if info.is_main:
+            print(f"resuming {out} from {Path(found[1]['_json']).name} at {state['nimg'] / 1000:g} kimg")
+    metrics_path = out / "metrics.jsonl"
+    if info.is_main:
+        _trim_metrics(metrics_path, state["step"])
+    ddp = dist.wrap(net, info)
+    model = torch.compile(ddp) if tc.compile else ddp
+    autocast = torch.autocast(info.device.type, amp) if amp is not None else contextlib.nullcontext()
+
+    def meta(kind: str) -> dict:
+        return {**state, "kind": kind, "kimg": state["nimg"] / 1000, "width": width, "img_resolution": data.shape[-1],
+                "sigma_data": sigma_data, **{k: cfg.to_dict()[k] for k in ("model", "data", "train")},
+                "seed": cfg.seed, "world_size": info.world_size, "torch": torch.__version__}
+
+    def snapshot(full: bool, ema_snap: bool) -> None:
+        """EMA snapshot and its sample grid first, then the resume checkpoint that commits them."""
+        stem = f"{state['step']:08d}"
+        if ema_snap:
+            ckpt.save(out / f"ema-{stem}", {f"ema.{k}": v for k, v in ema.state_dict().items()}, meta("ema"),
+                      fmt=ckpt.EMA_FORMAT)
+            with torch.random.fork_rng(devices=[]):
+                grid = generate(ema, GRID_IMAGES, GRID_SEED, batch_size=GRID_IMAGES,
+                                num_steps=min(cfg.sample.num_steps, 18), device=info.device,
+                                dtype=torch.float32, autocast=amp is not None, uint8=True, progress=False)
+            save_grid(out / f"ema-{stem}.png", grid, ncols=8, scale=2)
+            snaps = [(json.loads(p.read_text())["nimg"] // snap_n, p) for p in sorted(out.glob("ema-*.json"))]
+            keep = ckpt.thin([k for k, _ in snaps], tc.max_snapshots)
+            for k, old in snaps:
+                if k not in keep:
+                    ckpt.remove(old)
+                    old.with_suffix(".png").unlink(missing_ok=True)
+        if full:
+            tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen})
+            ckpt.save(out / f"ckpt-{stem}", tensors, {**meta("checkpoint"), **extra})
+            for old in sorted(out.glob("ckpt-*.json"))[:-2]:  # the latest, and one before in case it is damaged
+                ckpt.remove(old)
+
+    snap_n = max(int(tc.snapshot_kimg * 1000), 1)
+    ckpt_n = max(int((tc.checkpoint_kimg or tc.snapshot_kimg) * 1000), 1)
+    bar = tqdm(total=total_nimg, initial=state["nimg"], unit="img", unit_scale=True, desc=f"train w{width}",
+               disable=not (progress and info.is_main), smoothing=0.1)
+    t_log, n_log, losses, session_t0, session_n0 = time.perf_counter(), state["nimg"], [], time.perf_counter(), \
+        state["nimg"]
+    last_json = found[1]["_json"] if found else None
+    while state["nimg"] < total_nimg:
+        t_step = time.perf_counter()
+        idx, state["epoch"], state["pos"] = next_indices(n, B, cfg.seed, state["epoch"], state["pos"])
+        flip = torch.rand(B, generator=gen) < 0.5 if tc.xflip else torch.zeros(B, dtype=torch.bool)
+        rnd_normal = torch.randn(B, 1, 1, 1, generator=gen)  # same draws on every rank: one global batch
+        noise = torch.randn(B, *data.shape[1:], generator=gen)
+        y = data[idx[sl]].float() / 127.5 - 1
+        y = torch.where(flip[sl, None, None, None], y.flip(3), y)
+        y = y.to(info.device, memory_format=fmt)
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = batch_loss(model, y, rnd_normal[sl].to(info.device), noise[sl].to(info.device, memory_format=fmt),
+                              tc.P_mean, tc.P_std, sigma_data).mean()
+        loss.backward()
+        for g in opt.param_groups:  # linear lr ramp-up over lr_rampup_kimg
+            g["lr"] = tc.lr * min((state["nimg"] + B) / max(tc.lr_rampup_kimg * 1000, 1e-8), 1)
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        loss_val = dist.mean(loss.item(), info)
+        if not (np.isfinite(loss_val) and dist.mean(float(torch.isfinite(grad_norm)), info) == 1.0):
+            bar.close()
+            where = f"the last good checkpoint {last_json} is kept" if last_json else "no checkpoint was written yet"
+            raise TrainingDiverged(f"non-finite loss ({loss_val}) or gradient at step {state['step'] + 1} "
+                                   f"({state['nimg']} images seen), width {width}; stopped, {where}")
+        opt.step()
+        update_ema(ema, net, ema_beta(state["nimg"], B, tc.ema_halflife_kimg, tc.ema_rampup_ratio))
+        prev = state["nimg"]
+        state["step"] += 1
+        state["nimg"] += B
+        state["wall_s"] += time.perf_counter() - t_step
+        losses.append(loss_val)
+        bar.update(B)
+        done = state["nimg"] >= total_nimg
+        if info.is_main and (state["step"] % LOG_EVERY == 0 or done):
+            now = time.perf_counter()
+            rec = {"step": state["step"], "kimg": state["nimg"] / 1000, "loss": float(np.mean(losses)),
+                   "lr": opt.param_groups[0]["lr"], "img_per_s": (state["nimg"] - n_log) / (now - t_log),
+                   "grad_norm": float(grad_norm), "wall_s": state["wall_s"]}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
+            t_log, n_log, losses = now, state["nimg"], []
+        full = done or state["nimg"] // ckpt_n > prev // ckpt_n or state["nimg"] // snap_n > prev // snap_n
+        if full and info.is_main:
+            t_snap = time.perf_counter()
+            snapshot(True, done or state["nimg"] // snap_n > prev // snap_n)
+            last_json = str(sorted(out.glob("ckpt-*.json"))[-1])
+            t_log += time.perf_counter() - t_snap  # keep img/s about training
+        if full:
+            dist.barrier(info)
+    bar.close()
+    session_s = time.perf_counter() - session_t0
+    summary = {"width": width, "train_dir": str(out), "steps": state["step"], "kimg": state["nimg"] / 1000,
+               "wall_s": state["wall_s"], "session_s": session_s,
+               "img_per_s": (state["nimg"] - session_n0) / max(session_s, 1e-9) if state["nimg"] > session_n0 else None,
+               "sigma_data": sigma_data, "precision": "bf16" if amp is not None else "fp32",
+               "device": str(info.device), "world_size": info.world_size,
+               "params": sum(p.numel() for p in net.parameters()), "resumed_from": found[1]["_json"] if found else None,
+               "final_loss": float(read_metrics(out)["loss"].tail(10).mean()) if info.is_main else None,
+               "snapshots": [str(p) for _, p in ckpt.list_snapshots(out)],
+               "net_sha256": ckpt.weights_sha256(net), "ema_sha256": ckpt.weights_sha256(ema)}
+    return summary
+
+
+def train(cfg: Config, out_dir: str | Path | None = None, width: int | None = None, resume: bool = True,
+          progress: bool = True) -> dict:
+    """Train every width of cfg.model.widths (or just `width`) into RunLayout(out_dir).train(width)."""
+    layout = RunLayout(out_dir if out_dir is not None else Path("outputs") / cfg.name)
+    info = dist.setup(cfg.device)
+    if info.is_main:
+        save_resolved(cfg, layout.root)
+    widths = [width] if width is not None else list(cfg.model.widths)
+    runs = {}
+    try:
+        for w in widths:
+            runs[w] = train_width(cfg, layout, w, resume=resume, progress=progress)
+    finally:
+        dist.cleanup(info)
+    return {"out_dir": str(layout.root), "runs": runs}
+
+
+def cli_configure(parser) -> None:
+    parser.add_argument("--params", required=True, help="profile YAML (params/*.yaml)")
+    parser.add_argument("--out", default=None, help="run folder (default outputs/<profile name>)")
+    parser.add_argument("--width", type=int, default=None, help="train only this UNet width")
+    parser.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue from the latest good checkpoint (default)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="start over")
+
+
+def cli_main(args) -> int:
+    result = train(load_config(args.params), args.out, width=args.width, resume=args.resume)
+    for w, s in result["runs"].items():
+        if s.get("final_loss") is not None:
+            rate = f"{s['img_per_s']:.1f} img/s" if s["img_per_s"] else "already complete"
+            print(f"w{w}: {s['kimg']:g} kimg, loss {s['final_loss']:.4f}, {rate}, {s['precision']} -> "
+                  f"{s['train_dir']}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m emojidiff.train ...; torchrun: -m emojidiff.cli train ...
+    import sys
+
+    from emojidiff.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,136 @@
+"""Checkpoints: atomic safetensors + JSON with checksum, refusal of pickles and damaged files, exact restore."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import emojidiff
+import numpy as np
+import pytest
+import torch
+from _train_tiny import tiny_config
+from emojidiff import checkpoint as ckpt
+from emojidiff.config import config_from_dict
+from emojidiff.ema import make_ema
+
+
+def _denoiser(seed=0):
+    torch.manual_seed(seed)
+    return emojidiff.build_denoiser(config_from_dict(tiny_config()).model, 8, 32, 0.6)
+
+
+def _meta():
+    model = config_from_dict(tiny_config()).to_dict()["model"]
+    return {"width": 8, "img_resolution": 32, "sigma_data": 0.6, "model": model, "kimg": 1.5, "nimg": 1500, "step": 3}
+
+
+def test_save_writes_tensors_and_json_with_format_and_checksum(tmp_path):
+    path = ckpt.save(tmp_path / "ckpt-00000003", {"a": torch.arange(5.0)}, {"step": 3})
+    tensors, meta = ckpt.load(path)
+    assert meta["format"] == ckpt.FORMAT and meta["step"] == 3
+    assert meta["sha256"] == ckpt.sha256_file(tmp_path / "ckpt-00000003.safetensors")
+    assert torch.equal(tensors["a"], torch.arange(5.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000003.json", "ckpt-00000003.safetensors"]
+
+
+def test_truncated_checkpoint_is_refused_and_latest_good_falls_back(tmp_path):
+    ckpt.save(tmp_path / "ckpt-00000001", {"a": torch.zeros(1000)}, {"step": 1})
+    ckpt.save(tmp_path / "ckpt-00000002", {"a": torch.ones(1000)}, {"step": 2})
+    bad = tmp_path / "ckpt-00000002.safetensors"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(ckpt.CheckpointError, match=r"ckpt-00000002\.safetensors: checksum mismatch \(truncated"):
+        ckpt.load(bad)
+    with pytest.warns(UserWarning, match=r"skipping bad checkpoint ckpt-00000002\.json"):
+        tensors, meta = ckpt.latest_good(tmp_path)
+    assert meta["step"] == 1 and torch.equal(tensors["a"], torch.zeros(1000))
+
+
+def test_missing_or_garbled_json_and_missing_tensors_are_refused(tmp_path):
+    ckpt.save(tmp_path / "x", {"a": torch.zeros(3)}, {})
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt checkpoint metadata"):
+        ckpt.load(tmp_path / "x.safetensors")
+    (tmp_path / "x.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="no x.json beside it"):
+        ckpt.load(tmp_path / "x.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load(tmp_path / "nothing.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
+def test_pickle_files_are_refused_without_unpickling(tmp_path, kind):
+    path = tmp_path / "model.safetensors"  # even under a safetensors name
+    if kind == "torch.save":
+        torch.save({"a": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"a": [1, 2]}))
+    (tmp_path / "model.json").write_text('{"format": "emojidiff-checkpoint/1", "tensors": "model.safetensors"}')
+    with pytest.raises(ckpt.CheckpointError, match=r"model\.safetensors is a pickle / torch\.save file; refused"):
+        ckpt.load(path)
+    with pytest.raises(ckpt.CheckpointError, match="pickle"):
+        emojidiff.load_denoiser(path)
+
+
+def test_pack_and_restore_bring_back_weights_optimizer_and_every_rng(tmp_path):
+    net = _denoiser(0)
+    ema = make_ema(net)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(2, 3, 32, 32), torch.ones(2)).square().mean().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(9)
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen})
+    ckpt.save(tmp_path / "ckpt-1", tensors, {**_meta(), **extra})
+    expect = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen))
+
+    net2, gen2 = _denoiser(1), torch.Generator().manual_seed(0)
+    ema2 = make_ema(net2)
+    opt2 = torch.optim.Adam(net2.parameters(), lr=5.0)
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    t, meta = ckpt.load(tmp_path / "ckpt-1.json")
+    ckpt.restore_state(t, meta, net2, ema2, opt2, {"noise": gen2})
+    assert ckpt.weights_sha256(net2) == ckpt.weights_sha256(net)
+    assert ckpt.weights_sha256(ema2) == ckpt.weights_sha256(ema)
+    assert opt2.param_groups[0]["lr"] == 1e-3
+    sd, sd2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[i][k], sd2[i][k]) for i in sd for k in sd[i])
+    got = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen2))
+    assert torch.equal(got[0], expect[0]) and np.array_equal(got[1], expect[1]) and got[2] == expect[2]
+    assert torch.equal(got[3], expect[3])
+
+
+def test_ema_snapshots_load_as_denoisers_and_are_listed(tmp_path):
+    net = _denoiser(0)
+    for step, kimg in [(3, 1.5), (6, 3.0)]:
+        meta = {**_meta(), "step": step, "kimg": kimg}
+        ckpt.save(tmp_path / f"ema-{step:08d}", {f"ema.{k}": v for k, v in net.state_dict().items()}, meta,
+                  fmt=ckpt.EMA_FORMAT)
+    snaps = emojidiff.list_snapshots(tmp_path)
+    assert [k for k, _ in snaps] == [1.5, 3.0] and snaps[-1][1].name == "ema-00000006.safetensors"
+    d = emojidiff.load_denoiser(tmp_path)
+    assert isinstance(d, emojidiff.EDMPrecond) and not d.training and d.sigma_data == 0.6
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(d(x, 1.0), net.eval()(x, 1.0))
+    with pytest.raises(ckpt.CheckpointError, match="EMA-only snapshot"):
+        emojidiff.load_denoiser(snaps[0][1], ema=False)
+
+
+def test_thinning_keeps_a_doubling_series_and_the_last():
+    assert ckpt.thin([1, 2, 3], 5) == {1, 2, 3}
+    kept = ckpt.thin(list(range(1, 41)), 10)
+    assert len(kept) <= 10 and 40 in kept and kept == {8, 16, 24, 32, 40}
+    assert ckpt.thin(list(range(1, 42)), 10) == {8, 16, 24, 32, 40, 41}
+
+
+
+def test_a_safetensors_file_whose_first_byte_looks_like_pickle_still_loads(tmp_path):
+    # The first 8 bytes are the header length; lengthen a tensor name until its low byte is 0x80.
+    for pad in range(300):
+        path = ckpt.save(tmp_path / "ckpt-00000001", {"a" * (1 + pad): torch.arange(3.0)}, {"step": 1})
+        if (tmp_path / "ckpt-00000001.safetensors").read_bytes()[:1] == b"\x80":
+            break
+    else:
+        raise AssertionError("no header length with a low byte of 0x80 was reached")
+    tensors, _ = ckpt.load(path)
+    assert torch.equal(tensors["a" * (1 + pad)], torch.arange(3.0))

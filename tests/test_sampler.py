@@ -1,0 +1,134 @@
+"""Sampler tests: schedule, Algorithm 2 against the exact ODE of Gaussian data, determinism, per-image seeds."""
+
+import math
+
+import emojidiff
+import numpy as np
+import pytest
+import torch
+from emojidiff import euler_sample, generate, heun_sample, karras_sigmas
+
+MU, S = 0.3, 0.5  # data ~ N(MU, S^2 I)
+
+
+def gaussian_denoiser(x, sigma):
+    """The ideal denoiser for N(MU, S^2 I) data: E[y | y + n = x]."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype)
+    return MU + S**2 / (S**2 + sigma**2) * (x - MU)
+
+
+def exact_flow(noise, sigmas):
+    """Probability-flow ODE solution for Gaussian data: x - MU scales as sqrt(S^2 + sigma^2)."""
+    s0, s1 = float(sigmas[0]), float(sigmas[-1])
+    return MU + (noise * s0 - MU) * math.sqrt((S**2 + s1**2) / (S**2 + s0**2))
+
+
+def test_karras_sigmas_endpoints_and_monotone():
+    sig = karras_sigmas(18)
+    assert sig.shape == (19,) and sig.dtype == torch.float64
+    assert sig[0].item() == pytest.approx(80.0) and sig[-2].item() == pytest.approx(0.002) and sig[-1] == 0
+    assert (sig[1:] < sig[:-1]).all()
+    # eq. 5 at the midpoint of the ramp, computed independently
+    mid = karras_sigmas(3, sigma_min=1.0, sigma_max=16.0, rho=2.0)[1].item()
+    assert mid == pytest.approx(((16**0.5 + 1) / 2) ** 2)
+    assert karras_sigmas(1).tolist() == [80.0, 0.0]
+    with pytest.raises(ValueError, match="num_steps"):
+        karras_sigmas(0)
+
+
+def test_heun_matches_gaussian_mean_and_variance():
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(8192, 1, 2, 2, generator=g, dtype=torch.float64)
+    x = heun_sample(gaussian_denoiser, noise, karras_sigmas(64))
+    # Exact endpoint of the ODE from sigma_max: mean MU (1 - r), std S sigma_max / sqrt(S^2 + sigma_max^2).
+    r = S / math.sqrt(S**2 + 80.0**2)
+    se = S / math.sqrt(noise.numel())
+    assert x.mean().item() == pytest.approx(MU * (1 - r) + noise.mean().item() * 80 * r, abs=2e-3)
+    assert abs(x.mean().item() - MU) < 4 * se + MU * r
+    assert x.std().item() == pytest.approx(S, rel=0.02)
+
+
+def test_heun_with_churn_keeps_the_distribution():
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(8192, 1, 2, 2, generator=g, dtype=torch.float64)
+    x = heun_sample(gaussian_denoiser, noise, karras_sigmas(64), S_churn=30, S_min=0.01, S_max=50,
+                    S_noise=1.0, generator=g)
+    assert abs(x.mean().item() - MU) < 0.02
+    assert x.std().item() == pytest.approx(S, rel=0.03)
+    # churn noise really was drawn: the result differs from the deterministic sampler
+    assert not torch.allclose(x, heun_sample(gaussian_denoiser, noise, karras_sigmas(64)))
+
+
+def _slope(steps, errors):
+    return np.polyfit(np.log(steps), np.log(errors), 1)[0]
+
+
+def test_convergence_orders_heun_2_euler_1():
+    noise = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    steps = [16, 32, 64, 128]
+    err_heun, err_euler = [], []
+    for n in steps:
+        sig = karras_sigmas(n)[:-1]  # stop at sigma_min: pure discretisation error, no final jump to 0
+        exact = exact_flow(noise, sig)
+        err_heun.append((heun_sample(gaussian_denoiser, noise, sig) - exact).abs().max().item())
+        err_euler.append((euler_sample(gaussian_denoiser, noise, sig) - exact).abs().max().item())
+    assert _slope(steps, err_heun) == pytest.approx(-2.0, abs=0.25)
+    assert _slope(steps, err_euler) == pytest.approx(-1.0, abs=0.15)
+
+
+def test_last_step_is_plain_euler():
+    calls = []
+
+    def D(x, sigma):
+        calls.append(float(sigma))
+        return gaussian_denoiser(x, sigma)
+
+    noise = torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    heun_sample(D, noise, karras_sigmas(5))
+    assert len(calls) == 2 * 5 - 1 and 0.0 not in calls  # 2 evaluations per step but one at the end
+    calls.clear()
+    euler_sample(D, noise, karras_sigmas(5))
+    assert len(calls) == 5
+
+
+def test_heun_deterministic_and_generator_drives_churn():
+    noise = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    sig = karras_sigmas(6)
+    kw = dict(S_churn=10.0, S_min=0.0, S_max=float("inf"))
+    a = heun_sample(gaussian_denoiser, noise, sig, generator=torch.Generator().manual_seed(5), **kw)
+    b = heun_sample(gaussian_denoiser, noise, sig, generator=torch.Generator().manual_seed(5), **kw)
+    c = heun_sample(gaussian_denoiser, noise, sig, generator=torch.Generator().manual_seed(6), **kw)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert a.dtype == torch.float32
+    assert heun_sample(gaussian_denoiser, noise, sig, dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.fixture(scope="module")
+def tiny_denoiser():
+    torch.manual_seed(0)
+    net = emojidiff.UNet(img_resolution=8, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                         attn_resolutions=(4,), dropout=0.0)
+    return emojidiff.EDMPrecond(net, sigma_data=0.5).eval()
+
+
+@pytest.mark.parametrize("churn", [{}, {"S_churn": 5.0}])
+def test_generate_per_image_reproducible_across_batch_sizes(tiny_denoiser, churn):
+    a = generate(tiny_denoiser, 5, seed=7, batch_size=5, num_steps=3, progress=False, **churn)
+    b = generate(tiny_denoiser, 5, seed=7, batch_size=2, num_steps=3, progress=False, **churn)
+    c = generate(tiny_denoiser, 2, seed=7, batch_size=4, num_steps=3, start_index=3, progress=False, **churn)
+    assert a.shape == (5, 3, 8, 8) and a.dtype == torch.float32
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a[3:], c, atol=1e-5)
+    d = generate(tiny_denoiser, 5, seed=8, batch_size=5, num_steps=3, progress=False, **churn)
+    assert not torch.allclose(a, d)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_generate_uint8_and_errors(tiny_denoiser):
+    u = generate(tiny_denoiser, 2, seed=0, batch_size=2, num_steps=2, uint8=True, progress=False)
+    assert u.dtype == np.uint8 and u.shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match="sampler"):
+        generate(tiny_denoiser, 2, seed=0, sampler="dpm", progress=False)
+    with pytest.raises(ValueError, match="shape"):
+        generate(gaussian_denoiser, 2, seed=0, progress=False)
+    e = generate(gaussian_denoiser, 3, seed=0, num_steps=2, sampler="euler", shape=(1, 2, 2), progress=False)
+    assert e.shape == (3, 1, 2, 2)

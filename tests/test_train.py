@@ -1,0 +1,180 @@
+"""Training: data order, loss parity with edm_loss, EMA, lr ramp-up, NaN guard, and kill-resume bit-exactness."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import emojidiff
+import numpy as np
+import pytest
+import torch
+from _train_tiny import synthetic_images, tiny_config
+from emojidiff import checkpoint as ckpt
+from emojidiff.config import config_from_dict
+from emojidiff.ema import ema_beta, make_ema, update_ema
+from emojidiff.layout import RunLayout
+from emojidiff.train import (
+    TrainingDiverged,
+    batch_loss,
+    epoch_order,
+    next_indices,
+    read_metrics,
+    resolve_precision,
+    sample_grids,
+    train_width,
+)
+from safetensors.torch import load_file
+
+HELPER = Path(__file__).with_name("_train_tiny.py")
+
+
+def _run(cfg_dict, layout, **kw):
+    torch.set_num_threads(1)
+    return train_width(config_from_dict(cfg_dict), layout, 8, images=synthetic_images(), progress=False, **kw)
+
+
+def _final_tensors(train_dir: Path) -> dict:
+    return load_file(sorted(Path(train_dir).glob("ckpt-*.safetensors"))[-1])
+
+
+def test_epoch_order_is_a_seeded_permutation_and_batches_cross_epochs():
+    a, b = epoch_order(10, 0, 0), epoch_order(10, 0, 0)
+    assert torch.equal(a, b) and sorted(a.tolist()) == list(range(10))
+    assert not torch.equal(a, epoch_order(10, 0, 1)) and not torch.equal(a, epoch_order(10, 1, 0))
+    idx, epoch, pos = next_indices(10, 8, 0, 0, 6)  # 4 left in epoch 0, then 4 of epoch 1
+    assert (epoch, pos) == (1, 4)
+    assert idx.tolist() == epoch_order(10, 0, 0)[6:].tolist() + epoch_order(10, 0, 1)[:4].tolist()
+
+
+def test_batch_loss_equals_edm_loss_for_the_same_draws():
+    torch.manual_seed(0)
+    net = emojidiff.build_denoiser(config_from_dict(tiny_config()).model, 8, 32, 0.6).eval()
+    y = torch.rand(4, 3, 32, 32) * 2 - 1
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    ref = emojidiff.edm_loss(net, y, -1.2, 1.2, 0.6, generator=g1)
+    rnd, noise = torch.randn(4, 1, 1, 1, generator=g2), torch.randn(4, 3, 32, 32, generator=g2)
+    torch.testing.assert_close(batch_loss(net, y, rnd, noise, -1.2, 1.2, 0.6), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_ema_beta_follows_edm_halflife_with_rampup():
+    assert ema_beta(10**9, 64, 10.0, 0.05) == pytest.approx(0.5 ** (64 / 10_000))  # full half-life
+    assert ema_beta(20_000, 64, 10.0, 0.05) == pytest.approx(0.5 ** (64 / 1_000))  # ramp-up: 5% of 20k
+    assert ema_beta(0, 64, 10.0, 0.05) == 0.0  # first step copies the net
+    assert ema_beta(0, 64, 10.0, None) == pytest.approx(0.5 ** (64 / 10_000))
+    net = torch.nn.Linear(2, 2)
+    ema = make_ema(net)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    expected = 0.25 * ema.weight + 0.75 * net.weight
+    update_ema(ema, net, 0.25)
+    torch.testing.assert_close(ema.weight, expected)
+
+
+def test_precision_choice():
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
+
+
+def test_training_writes_checkpoints_logs_grids_and_ramps_lr(tmp_path):
+    cfg = tiny_config(duration_kimg=0.16, snapshot_kimg=0.08)
+    s = _run(cfg, RunLayout(tmp_path))
+    assert s["steps"] == 20 and s["kimg"] == pytest.approx(0.16) and np.isfinite(s["final_loss"])
+    m = read_metrics(s["train_dir"])
+    assert m["step"].tolist() == [10, 20]
+    assert m["lr"].tolist() == pytest.approx([2e-3 * 80 / 100, 2e-3])  # ramp-up over 0.1 kimg
+    assert [k for k, _ in emojidiff.list_snapshots(s["train_dir"])] == pytest.approx([0.08, 0.16])
+    assert len(sample_grids(s["train_dir"])) == 2
+    d = emojidiff.load_denoiser(s["train_dir"])
+    assert not d.training and d.sigma_data == 0.6
+    assert ckpt.weights_sha256(d) == s["ema_sha256"]
+    # a finished run resumes to a no-op; --no-resume starts over and reproduces it bit for bit
+    assert _run(cfg, RunLayout(tmp_path))["resumed_from"] is not None
+    again = _run(cfg, RunLayout(tmp_path), resume=False)
+    assert again["resumed_from"] is None and again["net_sha256"] == s["net_sha256"]
+    other = tiny_config(duration_kimg=0.16, snapshot_kimg=0.08)
+    other["model"]["channel_mult"] = [1, 1]
+    with pytest.raises(ValueError, match=r"ckpt-00000020\.json: trained with other model settings \(channel_mult\)"):
+        _run(other, RunLayout(tmp_path))
+    with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
+        assert _run(tiny_config(duration_kimg=0.176, snapshot_kimg=0.08), RunLayout(tmp_path))["steps"] == 22
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    train_mod = sys.modules["emojidiff.train"]  # the module (emojidiff.train is the function)
+    calls = {"n": 0}
+    real = train_mod.batch_loss
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 13 else loss
+
+    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss.*step 13 .*ckpt-00000010\.json is kept"):
+        _run(tiny_config(), RunLayout(tmp_path))
+    kept = sorted((tmp_path / "train" / "w8").glob("ckpt-*.json"))
+    assert [p.name for p in kept] == ["ckpt-00000005.json", "ckpt-00000010.json"]
+    _, meta = ckpt.load(kept[-1])
+    assert meta["step"] == 10
+
+
+@pytest.mark.filterwarnings("ignore:resuming.*changed train settings")  # the part run was shorter
+def test_truncated_latest_checkpoint_is_named_and_resume_uses_the_previous(tmp_path):
+    ref = _run(tiny_config(duration_kimg=0.12), RunLayout(tmp_path / "ref"))
+    part = RunLayout(tmp_path / "part")
+    _run(tiny_config(duration_kimg=0.08), part)  # stops at step 10, checkpoints at 5 and 10
+    bad = part.train(8) / "ckpt-00000010.safetensors"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=r"ckpt-00000010\.json.*checksum mismatch"):
+        resumed = _run(tiny_config(duration_kimg=0.12), part)
+    assert resumed["resumed_from"].endswith("ckpt-00000005.json")
+    assert resumed["net_sha256"] == ref["net_sha256"] and resumed["ema_sha256"] == ref["ema_sha256"]
+
+
+def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted_run(tmp_path):
+    cfg = tiny_config(duration_kimg=0.32)  # 40 steps, checkpoint every 5
+    _run(cfg, RunLayout(tmp_path / "ref"))  # in this process, one thread like the subprocess
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(HELPER), json.dumps(cfg)]
+
+    run_dir = tmp_path / "killed" / "train" / "w8"
+    proc = subprocess.Popen([*cmd, str(tmp_path / "killed")], env=env)
+    deadline = time.time() + 120
+    while not list(run_dir.glob("ckpt-*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 1.0))  # anywhere after the first checkpoint, even inside a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max((json.loads(p.read_text())["step"] for p in run_dir.glob("ckpt-*.json")), default=0)
+    subprocess.run([*cmd, str(tmp_path / "killed")], check=True, env=env, timeout=300)
+
+    ref, got = _final_tensors(tmp_path / "ref" / "train" / "w8"), _final_tensors(run_dir)
+    assert ref.keys() == got.keys()
+    for k in ref:  # weights, EMA, Adam moments and RNG states: bit for bit
+        assert torch.equal(ref[k], got[k]), f"{k} differs after resume (killed after step {killed_at})"
+    steps = read_metrics(run_dir)["step"].tolist()
+    assert steps == read_metrics(tmp_path / "ref" / "train" / "w8")["step"].tolist()  # no duplicated log lines
+
+
+def test_cli_trains_the_smoke_profile_on_the_real_dataset(tmp_path, capsys):
+    import yaml
+    from emojidiff.cli import main
+
+    profile = yaml.safe_load((Path(__file__).parents[1] / "params" / "smoke.yaml").read_text())
+    profile["train"].update(duration_kimg=0.032, snapshot_kimg=0.032, checkpoint_kimg=0.032, precision="fp32")
+    profile["sample"]["num_steps"] = 2
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump(profile))
+    assert main(["train", "--params", str(params), "--out", str(tmp_path / "run")]) == 0
+    assert "w16: 0.032 kimg, loss" in capsys.readouterr().out
+    _, meta = ckpt.load(sorted((tmp_path / "run" / "train" / "w16").glob("ckpt-*.json"))[-1])
+    assert meta["step"] == 2 and 0.5 < meta["sigma_data"] < 0.8  # measured on the fusions (about 0.67)
+    assert (tmp_path / "run" / "config.yaml").is_file()
