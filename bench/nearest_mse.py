@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import torch
+
 from emojidiff.metrics import best_device, nearest_mse
 
 

@@ -11,6 +11,7 @@ import contextlib
 import time
 
 import torch
+
 from emojidiff.config import load_config
 from emojidiff.distributed import resolve_device
 from emojidiff.edm import build_denoiser

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import torch
+
 from emojidiff import distributed
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout

@@ -11,6 +11,6 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("EMOJIDIFF_CACHE", str(REPO / "outputs" / ".test-cache"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+
 from emojidiff.browser import BrowserWidget, NeighbourBrowser, png_bytes
 
 

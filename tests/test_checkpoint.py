@@ -5,11 +5,12 @@ from __future__ import annotations
 import pickle
 import random
 
-import emojidiff
 import numpy as np
 import pytest
 import torch
 from _train_tiny import tiny_config
+
+import emojidiff
 from emojidiff import checkpoint as ckpt
 from emojidiff.config import config_from_dict
 from emojidiff.ema import make_ema

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import yaml
+
 from emojidiff.config import Config, ConfigError, config_from_dict, load_config, save_resolved
 
 PROFILES = ["params/smoke.yaml", "params/cpu.yaml", "params/paper.yaml"]

@@ -2,10 +2,11 @@
 
 import hashlib
 
-import emojidiff
 import numpy as np
 import pytest
 import torch
+
+import emojidiff
 from emojidiff import dataset as dsm
 from emojidiff import emoji_sources as es
 from emojidiff import fusion as fu

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from _train_tiny import synthetic_images, tiny_config
+from safetensors.torch import load_file
+
 from emojidiff import distributed
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
 from emojidiff.train import train_width
-from safetensors.torch import load_file
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 

@@ -1,8 +1,9 @@
 """The domain feature network: it learns the parents, its features separate them, and it is cached per run."""
 
-import emojidiff
 import numpy as np
 import pandas as pd
+
+import emojidiff
 from emojidiff.domain import domain_features, domain_net_for_run, parent_labels, train_domain_net
 
 

@@ -3,11 +3,12 @@
 import math
 from pathlib import Path
 
-import emojidiff
 import pytest
 import torch
-from emojidiff import EDMPrecond, build_denoiser, edm_loss
 from torch import nn
+
+import emojidiff
+from emojidiff import EDMPrecond, build_denoiser, edm_loss
 
 
 class Probe(nn.Module):

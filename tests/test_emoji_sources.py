@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from emojidiff import emoji_sources as es
 
 

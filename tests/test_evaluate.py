@@ -5,13 +5,14 @@ import math
 import urllib.error
 from pathlib import Path
 
-import emojidiff
-import emojidiff.checkpoint as ckpt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+import emojidiff
+import emojidiff.checkpoint as ckpt
 from emojidiff.config import ModelConfig
 from emojidiff.edm import build_denoiser
 from emojidiff.evaluate import evaluate, pick_snapshots

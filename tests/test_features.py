@@ -2,14 +2,15 @@
 
 import urllib.error
 
-import emojidiff
 import numpy as np
 import pytest
 import torch
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-from emojidiff.features import InceptionUnavailable, inception_features, load_inception
 from torch_fidelity.metric_kid import kid_features_to_metric
+
+import emojidiff
+from emojidiff.features import InceptionUnavailable, inception_features, load_inception
 
 
 @pytest.fixture(scope="module")

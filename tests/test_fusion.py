@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+
 from emojidiff import emoji_sources as es
 from emojidiff import fusion as fu
 

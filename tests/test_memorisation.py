@@ -4,6 +4,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+
 from emojidiff.memorisation import (
     close_mask,
     describe,

@@ -1,10 +1,11 @@
 """The pure metrics against closed forms on Gaussians, brute force and torch-fidelity's own formulas."""
 
-import emojidiff
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+
+import emojidiff
 from emojidiff.metrics import fid_from_stats, memorisation_rates, polynomial_mmd2
 
 

@@ -6,6 +6,7 @@ import sys
 
 import nbformat
 import pytest
+
 from emojidiff.runner import NotebookFailed, run_study
 
 

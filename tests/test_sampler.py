@@ -2,10 +2,11 @@
 
 import math
 
-import emojidiff
 import numpy as np
 import pytest
 import torch
+
+import emojidiff
 from emojidiff import euler_sample, generate, heun_sample, karras_sigmas
 
 MU, S = 0.3, 0.5  # data ~ N(MU, S^2 I)

@@ -1,9 +1,10 @@
 """Sampling from EMA snapshots: files, reuse, per-image seeds, loading and listing."""
 
-import emojidiff.checkpoint as ckpt
 import numpy as np
 import pytest
 import torch
+
+import emojidiff.checkpoint as ckpt
 from emojidiff.config import ModelConfig
 from emojidiff.edm import build_denoiser
 from emojidiff.layout import RunLayout

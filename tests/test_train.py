@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import emojidiff
 import numpy as np
 import pytest
 import torch
 from _train_tiny import synthetic_images, tiny_config
+from safetensors.torch import load_file
+
+import emojidiff
 from emojidiff import checkpoint as ckpt
 from emojidiff.config import config_from_dict
 from emojidiff.ema import ema_beta, make_ema, update_ema
@@ -30,7 +32,6 @@ from emojidiff.train import (
     sample_grids,
     train_width,
 )
-from safetensors.torch import load_file
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 
@@ -166,6 +167,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted_run(tmp_pa
 
 def test_cli_trains_the_smoke_profile_on_the_real_dataset(tmp_path, capsys):
     import yaml
+
     from emojidiff.cli import main
 
     profile = yaml.safe_load((Path(__file__).parents[1] / "params" / "smoke.yaml").read_text())

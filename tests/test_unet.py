@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-import emojidiff
 import pytest
 import torch
+
+import emojidiff
 from emojidiff import UNet, build_denoiser, count_parameters, edm_loss
 from emojidiff.unet import group_norm
 
