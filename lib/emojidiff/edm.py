@@ -42,17 +42,25 @@ class EDMPrecond(nn.Module):
 
 def edm_loss(denoiser, images: torch.Tensor, P_mean: float = -1.2, P_std: float = 1.2,
              sigma_data: float = 0.5, generator: torch.Generator | None = None,
-             labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-image EDM loss, eq. 8: lambda(sigma) |D(y + n; sigma) - y|^2 averaged over pixels."""
+             labels: torch.Tensor | None = None, rnd_normal: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image EDM loss, eq. 8: lambda(sigma) |D(y + n; sigma) - y|^2 averaged over pixels.
+
+    `rnd_normal` (N,1,1,1) and `noise` (like images) are standard normals drawn by the caller (e.g. one global
+    draw shared by data-parallel ranks); otherwise they are drawn from `generator`.
+    """
     y = images
     n_img = y.shape[0]
+    gen_device = generator.device if generator is not None else y.device  # CPU generator: same numbers anywhere
+    if rnd_normal is None:
+        rnd_normal = torch.randn(n_img, 1, 1, 1, generator=generator, device=gen_device)
+    if noise is None:
+        noise = torch.randn(y.shape, generator=generator, device=gen_device)
     # Table 1, training: ln(sigma) ~ N(P_mean, P_std^2),
     # lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
-    gen_device = generator.device if generator is not None else y.device  # CPU generator: same numbers anywhere
-    rnd_normal = torch.randn(n_img, 1, 1, 1, generator=generator, device=gen_device)
-    sigma = (rnd_normal * P_std + P_mean).exp().to(y.device, torch.float32)
+    sigma = (rnd_normal.reshape(-1, 1, 1, 1) * P_std + P_mean).exp().to(y.device, torch.float32)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    n = torch.randn(y.shape, generator=generator, device=gen_device).to(y.device, y.dtype) * sigma
+    n = noise.to(y.device, y.dtype) * sigma
     args = (y + n, sigma.flatten()) if labels is None else (y + n, sigma.flatten(), labels)
     D_yn = denoiser(*args)
     return (weight * (D_yn.float() - y.float()) ** 2).mean(dim=(1, 2, 3))

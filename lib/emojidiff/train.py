@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from emojidiff import checkpoint as ckpt
 from emojidiff import distributed as dist
 from emojidiff.config import Config, load_config, save_resolved
+from emojidiff.edm import edm_loss
 from emojidiff.ema import ema_beta, make_ema, update_ema
 from emojidiff.grids import save_grid
 from emojidiff.layout import RunLayout
@@ -71,11 +72,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 def batch_loss(net, y: torch.Tensor, rnd_normal: torch.Tensor, noise: torch.Tensor, P_mean: float, P_std: float,
                sigma_data: float) -> torch.Tensor:
-    """EDM eq. 8 with pre-drawn ln(sigma) normals and noise, so ranks can share one global draw (= edm_loss)."""
-    sigma = (rnd_normal * P_std + P_mean).exp()  # ln(sigma) ~ N(P_mean, P_std^2)
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # lambda(sigma), Table 1
-    D_yn = net(y + noise * sigma, sigma.flatten())
-    return (weight * (D_yn.float() - y.float()) ** 2).mean(dim=(1, 2, 3))
+    """EDM eq. 8 with pre-drawn ln(sigma) normals and noise, so ranks can share one global draw."""
+    return edm_loss(net, y, P_mean, P_std, sigma_data, rnd_normal=rnd_normal, noise=noise)
 
 
 def training_images(cfg: Config) -> np.ndarray:
