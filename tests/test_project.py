@@ -75,8 +75,18 @@ def test_ci_runs_the_readme_test_command(repo):
     assert ci[-1] == "make test"
 
 
-def test_console_script_lists_every_stage():
-    proc = subprocess.run([sys.executable, "-m", "emojidiff.cli", "--help"], capture_output=True, text=True)
+def test_console_script_offers_every_stage(repo):
+    from pathlib import Path
+
+    from emojidiff.cli import SUBCOMMANDS
+
+    assert set(SUBCOMMANDS) >= {"run", "data", "train", "sample", "evaluate"}
+    exe = shutil.which("emojidiff", path=str(Path(sys.executable).parent)) or "emojidiff"
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for command in ("run",):
+    for command in SUBCOMMANDS:
         assert command in proc.stdout
+        sub = subprocess.run([exe, command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and "--params" in sub.stdout, f"emojidiff {command} --help: {sub.stderr[-500:]}"
+    bad = subprocess.run([exe, "trian"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "invalid choice: 'trian'" in bad.stderr
