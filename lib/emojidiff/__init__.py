@@ -21,6 +21,7 @@ from emojidiff.train import train
 from emojidiff.domain import domain_features, domain_net_for_run
 from emojidiff.evaluate import check_claims, plot_over_training, sample_snapshots
 from emojidiff.features import InceptionUnavailable, inception_features, load_inception
+from emojidiff.ideal import IdealMemoriser, ideal_memoriser
 from emojidiff.metrics import fid_from_features, kid_from_features, memorisation_rates, nearest_mse
 from emojidiff.sampling import list_samples, load_samples, sample_checkpoint
 
