@@ -157,3 +157,61 @@ def test_two_styles_concatenate_with_their_own_rows(tmp_path):
     faces = {f.unified: f for f in es.select_faces("core")}
     a, b = (fu.analyse_face("twemoji", faces[row[k]]) for k in ("parent_a", "parent_b"))
     assert (es.render_svg(fu.fuse(a, b), 16) == ds.images[row["index"]]).all()
+
+
+def _min_mse_to(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Brute-force nearest MSE ([-1, 1] scale) of each image of a to the images of b, in float64."""
+    x = a.reshape(len(a), -1).astype(np.float64) / 127.5 - 1
+    y = b.reshape(len(b), -1).astype(np.float64) / 127.5 - 1
+    return ((x[:, None] - y[None]) ** 2).mean(-1).min(1)
+
+
+def test_twin_aware_split_keeps_twins_and_mirrors_out_of_training(tmp_path):
+    ds = tiny(tmp_path, max_faces=8, holdout=0.2, seed=1)
+    m = ds.manifest
+    thr = ds.info["split_rule"]["twin_mse"]
+    assert thr >= 0.002 and ds.info["split_rule"]["xflip"] and "twin_group" in m
+    held, train = ds.holdout_images(), ds.train_images()
+    assert len(held) and _min_mse_to(held, train).min() >= thr
+    assert _min_mse_to(held, train[:, :, ::-1]).min() >= thr  # nor a training image's mirror
+    # groups are whole, hold about the asked share, and are real: some link more than one image
+    assert (m.groupby("twin_group")["split"].nunique() == 1).all()
+    assert m["twin_group"].value_counts().max() > 1
+    assert abs((m.split == "holdout").mean() - 0.2) < 0.05
+    # a plain random split of the same rows would put twins on both sides (what the rule prevents)
+    rng = np.random.default_rng(0)
+    naive = rng.permutation(len(ds))[:len(held)]
+    rest = np.setdiff1d(np.arange(len(ds)), naive)
+    assert _min_mse_to(ds.images[naive], ds.images[rest]).min() < thr
+
+
+def test_twin_pairs_brute_force_and_mirrors():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    imgs = np.concatenate([base, base[:1, :, ::-1], base[1:2] ^ 1])  # 5: mirror of 0; 6: one grey level from 1
+    pairs = {tuple(p) for p in dsm.twin_pairs(imgs, 0.003, mirrors=True)}
+    assert pairs == {(0, 5), (1, 6)}
+    assert {tuple(p) for p in dsm.twin_pairs(imgs, 0.003, mirrors=False)} == {(1, 6)}
+    groups = dsm.twin_groups(imgs, 0.003)
+    assert groups[0] == groups[5] and groups[1] == groups[6] and len(set(groups)) == 5
+    held = dsm.split_groups(groups, 0.3, np.random.default_rng(0))
+    assert held[0] == held[5] and held[1] == held[6] and held.sum() == 2
+
+
+def test_twin_split_same_in_a_subprocess_and_in_the_cache_key(tmp_path):
+    import subprocess
+    import sys
+
+    ds = tiny(tmp_path / "a", max_faces=7, use_cache=False)
+    code = ("import emojidiff, hashlib; ds = emojidiff.build_dataset(size=16, dedup_size=16, max_faces=7, "
+            "progress=False, workers=1, use_cache=False); "
+            "print(hashlib.sha256(','.join(ds.manifest.split).encode()).hexdigest())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == hashlib.sha256(",".join(ds.manifest.split).encode()).hexdigest()
+    a = tiny(tmp_path / "c", max_faces=7)
+    b = tiny(tmp_path / "c", max_faces=7, twin_mse=0.01)
+    c = tiny(tmp_path / "c", max_faces=7, xflip=False)
+    assert len({a.info["cache_key"], b.info["cache_key"], c.info["cache_key"]}) == 3 and not b.info["cache_hit"]
+    assert b.manifest["twin_group"].nunique() <= a.manifest["twin_group"].nunique()
+    with pytest.raises(ValueError, match="twin_mse"):
+        tiny(tmp_path, twin_mse=-1.0)
