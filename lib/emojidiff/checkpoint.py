@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from safetensors.torch import load_file, save_file
 FORMAT = "emojidiff-checkpoint/1"  # full training state, for resume
 EMA_FORMAT = "emojidiff-ema/1"  # EMA weights only, the thinned series used for evaluation
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ and torch.save's zip container
+_MAX_HEADER = 100_000_000  # safetensors refuses larger headers
+_TMP = re.compile(r"^\..+\.tmp(\d+)(\.\w+)?$")  # _fsync_write's and sampling's temporary names
 
 
 class CheckpointError(ValueError):
@@ -66,12 +70,18 @@ def save(stem: Path, tensors: dict[str, torch.Tensor], meta: dict, fmt: str = FO
 
 
 def _refuse_pickle(path: Path) -> None:
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
     # A safetensors file opens with its header length (u64, little-endian) and then "{"; its first byte
     # may well be 0x80, so only a file that is not safetensors-shaped is judged by the pickle magic.
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+    if len(head) == 9 and head[8:9] == b"{" and 0 < (n := int.from_bytes(head[:8], "little")) < _MAX_HEADER:
+        if n + 8 > size:
+            raise CheckpointError(f"{path}: truncated inside its safetensors header (the header says {n} bytes, "
+                                  f"the file has {size})")
         return
+    if path.suffix == ".safetensors" and len(head) < 9:
+        raise CheckpointError(f"{path}: truncated ({size} bytes, shorter than a safetensors header)")
     if head.startswith(_PICKLE_MAGIC):
         raise CheckpointError(
             f"{path} is a pickle / torch.save file; refused: emojidiff loads only its own safetensors + JSON "
@@ -120,15 +130,79 @@ def _sorted(train_dir: Path, prefix: str) -> list[Path]:
     return sorted(Path(train_dir).glob(f"{prefix}-*.json"))
 
 
-def latest_good(train_dir: str | Path, prefix: str = "ckpt") -> tuple[dict, dict] | None:
-    """The newest checkpoint that verifies, warning by name about each newer one that does not; None if none."""
-    for json_path in reversed(_sorted(Path(train_dir), prefix)):
+def move_aside(json_path: Path, reason: str) -> Path:
+    """Move an unreadable checkpoint (json and tensors) into bad/ beside it, with a warning; returns bad/."""
+    json_path = Path(json_path)
+    bad = json_path.parent / "bad"
+    bad.mkdir(exist_ok=True)
+    for p in (json_path, json_path.with_suffix(".safetensors")):
+        if p.exists():
+            shutil.move(str(p), bad / p.name)
+    warnings.warn(f"unreadable checkpoint {json_path.name} moved to {bad}: {reason}", stacklevel=3)
+    return bad
+
+
+def latest_good(train_dir: str | Path, prefix: str = "ckpt", move_bad: bool = False) -> tuple[dict, dict] | None:
+    """The newest checkpoint that verifies, warning by name about each newer one that does not; None if none.
+
+    With `move_bad` (the writer of the folder) unreadable ones go to bad/ so they never shadow good ones.
+    """
+    paths = _sorted(Path(train_dir), prefix)
+    for i, json_path in reversed(list(enumerate(paths))):
         try:
             return load(json_path)
         except CheckpointError as e:
-            warnings.warn(f"skipping bad checkpoint {json_path.name}: {e}; falling back to the previous one",
-                          stacklevel=2)
+            then = "falling back to the previous one" if i else "no usable checkpoint is left"
+            warnings.warn(f"skipping bad checkpoint {json_path.name}: {e}; {then}", stacklevel=2)
+            if move_bad:
+                move_aside(json_path, str(e))
     return None
+
+
+def prune(train_dir: str | Path, prefix: str = "ckpt", keep: int = 2) -> None:
+    """Keep the newest `keep` checkpoints that verify; move unreadable ones among them to bad/, delete older."""
+    good = 0
+    for json_path in reversed(_sorted(Path(train_dir), prefix)):
+        if good >= keep:
+            remove(json_path)
+            continue
+        try:
+            read_meta(json_path)
+            good += 1
+        except CheckpointError as e:
+            move_aside(json_path, str(e))
+
+
+def latest_good_snapshot(train_dir: str | Path) -> tuple[float, Path] | None:
+    """The newest EMA snapshot that verifies (kimg, .safetensors), warning by name about each damaged newer one."""
+    snaps = list_snapshots(train_dir)
+    for i in range(len(snaps) - 1, -1, -1):
+        try:
+            read_meta(snaps[i][1])
+            return snaps[i]
+        except CheckpointError as e:
+            then = f"using the previous good one ({snaps[i - 1][1].name})" if i else "no earlier snapshot"
+            warnings.warn(f"damaged EMA snapshot {snaps[i][1].name}: {e}; {then}", stacklevel=2)
+    return None
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Delete temporary files (.NAME.tmpPID) left by killed writers, only those whose PID is not alive."""
+    gone = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = _TMP.match(p.name)
+        if not (m and p.is_file()) or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its writer is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
 
 
 def list_snapshots(train_dir: str | Path) -> list[tuple[float, Path]]:
@@ -137,7 +211,9 @@ def list_snapshots(train_dir: str | Path) -> list[tuple[float, Path]]:
     for json_path in _sorted(Path(train_dir), "ema"):
         try:
             meta = json.loads(json_path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError: torn or foreign
+            continue
+        if not isinstance(meta, dict):
             continue
         tensor_path = json_path.with_name(meta.get("tensors", ""))
         if meta.get("format") == EMA_FORMAT and tensor_path.is_file():
@@ -212,9 +288,9 @@ def load_denoiser(path_or_train_dir: str | Path, device: str | torch.device = "c
 
     path = Path(path_or_train_dir)
     if path.is_dir():
-        snaps = list_snapshots(path)
-        if snaps and ema:
-            path = snaps[-1][1]
+        snap = latest_good_snapshot(path) if ema else None
+        if snap is not None:
+            path = snap[1]
         else:
             found = latest_good(path)
             if found is None:

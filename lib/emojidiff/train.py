@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import time
@@ -21,6 +22,7 @@ from emojidiff.edm import edm_loss
 from emojidiff.ema import ema_beta, make_ema, update_ema
 from emojidiff.grids import save_grid
 from emojidiff.layout import RunLayout
+from emojidiff.runlock import run_lock
 
 GRID_IMAGES = 64  # EMA samples drawn at each snapshot, fixed seeds
 GRID_SEED = 123456
@@ -96,7 +98,26 @@ def read_metrics(train_dir: str | Path):
     path = Path(train_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics log at {path}: train first (notebook 02_training or emojidiff train)")
-    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    return pd.DataFrame(_read_log(path))
+
+
+def _read_log(path: Path) -> list[dict]:
+    """The records of a metrics log; lines that do not parse (a torn write) are skipped with a warning."""
+    records, torn = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+        else:
+            torn.append(i)
+    if torn:
+        warnings.warn(f"{path}: skipped unreadable line(s) {', '.join(map(str, torn))} (a torn write?)", stacklevel=3)
+    return records
 
 
 def sample_grids(train_dir: str | Path) -> list[tuple[float, Path]]:
@@ -109,8 +130,9 @@ def sample_grids(train_dir: str | Path) -> list[tuple[float, Path]]:
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they would be repeated)."""
     if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # temp file + rename: a kill keeps the old log
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in _read_log(path) if r["step"] <= step))
+        os.replace(tmp, path)
 
 
 def _clear(train_dir: Path) -> None:
@@ -127,10 +149,10 @@ def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
         old, new = ({k: v for k, v in d.items() if k not in ignore} for d in (meta.get(key), now[key]))
         if old != new:
             diff = sorted(k for k in new if old.get(k) != new[k])
-            raise ValueError(f"{meta['_json']}: trained with other {key} settings ({', '.join(diff)}); "
-                             "resume=False (--no-resume) to start over")
+            raise ckpt.CheckpointError(f"{meta['_json']}: trained with other {key} settings ({', '.join(diff)}); "
+                                       "resume=False (--no-resume) to start over")
     if meta["width"] != width or meta["seed"] != cfg.seed:
-        raise ValueError(f"{meta['_json']}: trained with width {meta['width']}, seed {meta['seed']}")
+        raise ckpt.CheckpointError(f"{meta['_json']}: trained with width {meta['width']}, seed {meta['seed']}")
     changed = sorted(k for k, v in now["train"].items() if meta["train"].get(k) != v)
     if changed:
         warnings.warn(f"resuming {meta['_json']} with changed train settings: {', '.join(changed)}", stacklevel=3)
@@ -138,22 +160,36 @@ def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
 
 def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True, images: np.ndarray | None = None,
                 progress: bool = True) -> dict:
-    """Train one UNet width into layout.train(width); returns a summary."""
+    """Train one UNet width into layout.train(width), holding the run folder's lock; returns a summary."""
+    if cfg.model.label_dim:
+        raise NotImplementedError(f"model.label_dim={cfg.model.label_dim}: conditional training is not supported")
+    main = dist.setup(cfg.device).is_main  # ranks of one torchrun share the folder; rank 0 holds the lock
+    with run_lock(layout.root, "training") if main else contextlib.nullcontext():
+        return _train_width(cfg, layout, width, resume, images, progress)
+
+
+def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, images: np.ndarray | None,
+                 progress: bool) -> dict:
     from emojidiff.edm import build_denoiser
     from emojidiff.sampler import generate
 
     tc, info = cfg.train, dist.setup(cfg.device)
-    if cfg.model.label_dim:
-        raise NotImplementedError(f"model.label_dim={cfg.model.label_dim}: conditional training is not supported")
     out = layout.train(width)
     out.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        ckpt.remove_orphans(out)
+    had = sorted(out.glob("ckpt-*.json"))
+    found = ckpt.latest_good(out, move_bad=info.is_main) if resume else None
+    if resume and found is None and had:
+        raise ckpt.CheckpointError(
+            f"{out}: no usable checkpoint (the unreadable ones are in {out / 'bad'}); to start this width over, "
+            "erasing its checkpoints and metrics.jsonl, pass --no-resume (resume=False)")
     images = training_images(cfg) if images is None else images
     n, total_nimg = len(images), int(round(tc.duration_kimg * 1000))
     B = tc.batch_size
     sl = dist.shard(B, info)  # this rank's part of every global batch
     data = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 NCHW
 
-    found = ckpt.latest_good(out) if resume else None
     if not resume and info.is_main:
         _clear(out)
     dist.barrier(info)
@@ -189,7 +225,8 @@ def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True,
     def meta(kind: str) -> dict:
         return {**state, "kind": kind, "kimg": state["nimg"] / 1000, "width": width, "img_resolution": data.shape[-1],
                 "sigma_data": sigma_data, **{k: cfg.to_dict()[k] for k in ("model", "data", "train")},
-                "seed": cfg.seed, "world_size": info.world_size, "torch": torch.__version__}
+                "seed": cfg.seed, "world_size": info.world_size, "torch": torch.__version__,
+                "loss_window": list(losses)}  # losses since the last log line, so a resume logs the same mean
 
     def snapshot(full: bool, ema_snap: bool) -> None:
         """EMA snapshot and its sample grid first, then the resume checkpoint that commits them."""
@@ -202,7 +239,7 @@ def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True,
                                 num_steps=min(cfg.sample.num_steps, 18), device=info.device,
                                 dtype=torch.float32, autocast=amp is not None, uint8=True, progress=False)
             save_grid(out / f"ema-{stem}.png", grid, ncols=8, scale=2)
-            snaps = [(json.loads(p.read_text())["nimg"] // snap_n, p) for p in sorted(out.glob("ema-*.json"))]
+            snaps = [(round(kimg * 1000) // snap_n, p.with_suffix(".json")) for kimg, p in ckpt.list_snapshots(out)]
             keep = ckpt.thin([k for k, _ in snaps], tc.max_snapshots)
             for k, old in snaps:
                 if k not in keep:
@@ -211,15 +248,14 @@ def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True,
         if full:
             tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen})
             ckpt.save(out / f"ckpt-{stem}", tensors, {**meta("checkpoint"), **extra})
-            for old in sorted(out.glob("ckpt-*.json"))[:-2]:  # the latest, and one before in case it is damaged
-                ckpt.remove(old)
+            ckpt.prune(out, keep=2)  # the latest good, and one before in case it is damaged
 
     snap_n = max(int(tc.snapshot_kimg * 1000), 1)
     ckpt_n = max(int((tc.checkpoint_kimg or tc.snapshot_kimg) * 1000), 1)
     bar = tqdm(total=total_nimg, initial=state["nimg"], unit="img", unit_scale=True, desc=f"train w{width}",
                disable=not (progress and info.is_main), smoothing=0.1)
-    t_log, n_log, losses, session_t0, session_n0 = time.perf_counter(), state["nimg"], [], time.perf_counter(), \
-        state["nimg"]
+    t_log, n_log, session_t0, session_n0 = time.perf_counter(), state["nimg"], time.perf_counter(), state["nimg"]
+    losses = list(found[1].get("loss_window", [])) if found else []
     last_json = found[1]["_json"] if found else None
     while state["nimg"] < total_nimg:
         t_step = time.perf_counter()
@@ -289,13 +325,14 @@ def train(cfg: Config, out_dir: str | Path | None = None, width: int | None = No
     """Train every width of cfg.model.widths (or just `width`) into RunLayout(out_dir).train(width)."""
     layout = RunLayout(out_dir if out_dir is not None else Path("outputs") / cfg.name)
     info = dist.setup(cfg.device)
-    if info.is_main:
-        save_resolved(cfg, layout.root)
     widths = [width] if width is not None else list(cfg.model.widths)
     runs = {}
     try:
-        for w in widths:
-            runs[w] = train_width(cfg, layout, w, resume=resume, progress=progress)
+        with run_lock(layout.root, "training") if info.is_main else contextlib.nullcontext():
+            if info.is_main:
+                save_resolved(cfg, layout.root)
+            for w in widths:
+                runs[w] = train_width(cfg, layout, w, resume=resume, progress=progress)
     finally:
         dist.cleanup(info)
     return {"out_dir": str(layout.root), "runs": runs}
