@@ -1,12 +1,14 @@
 """The pure metrics against closed forms on Gaussians, brute force and torch-fidelity's own formulas."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
 import emojidiff
-from emojidiff.metrics import fid_from_stats, memorisation_rates, polynomial_mmd2
+from emojidiff.metrics import fid_from_stats, fid_kid_floors, kid_subset_size, memorisation_rates, polynomial_mmd2
 
 
 def test_fid_stats_diagonal_closed_form():
@@ -159,3 +161,50 @@ def test_memorisation_rates():
     assert r["copy_rate_ratio"] == 0.5
     assert r["copy_rate_mse"] == 0.5
     assert r["mean_mse"] == pytest.approx(0.071 / 4)
+
+
+def test_kid_records_and_warns_about_the_subset_size_it_used():
+    rng = np.random.default_rng(10)
+    a, b = rng.normal(size=(120, 4)), rng.normal(size=(90, 4))
+    with pytest.warns(UserWarning, match="1000 clipped to the smaller set's size 90"):
+        mean, std, used = emojidiff.kid_from_features(a, b, subsets=3, subset_size=1000, return_subset_size=True)
+    assert used == 90
+    # the clipped call is the same computation as asking for 90 directly
+    assert (mean, std) == emojidiff.kid_from_features(a, b, subsets=3, subset_size=90)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when nothing is clipped
+        assert emojidiff.kid_from_features(a, b, subsets=3, subset_size=50, return_subset_size=True)[2] == 50
+    assert kid_subset_size(500, 3417, 1000) == 500
+    with pytest.raises(ValueError, match="at least 2"):
+        kid_subset_size(10, 10, 1)
+
+
+def test_floors_on_gaussians_with_known_answers():
+    # train floor: n rows of the reference itself; FID's bias for N(0, I_d) at n is about d/n + d(d+1)/(4(n-1))
+    # (|mean error|^2 plus Tr(E^2)/4 for the covariance error E), and KID, unbiased, is about 0
+    d, n = 8, 400
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(50_000, d))
+    shift = np.zeros(d)
+    shift[0] = 1.0
+    holdout = rng.normal(size=(1500, d)) + shift
+    floors = [fid_kid_floors(train, holdout, n, kid_subsets=10, kid_subset_size=1000, seed=s) for s in range(20)]
+    fid_train = np.mean([f["fid_floor_train"] for f in floors])
+    assert fid_train == pytest.approx(d / n + d * (d + 1) / (4 * (n - 1)), rel=0.15)
+    kid_train = np.array([f["kid_floor_train"] for f in floors])
+    assert abs(kid_train.mean()) < 4 * kid_train.std() / np.sqrt(len(kid_train))
+    # held-out floor: a shifted Gaussian; FID ~ |shift|^2 + the bias, KID the closed form of the shifted means
+    f = floors[0]
+    assert f["floor_train_n"] == n and f["floor_holdout_n"] == n  # at most n held-out rows: the same sample count
+    assert f["floor_train_kid_subset_size"] == n  # 1000 asked, n used, and said so
+    fid_hold = np.mean([g["fid_floor_holdout"] for g in floors])
+    assert fid_hold == pytest.approx(1.0 + d / n + d * (d + 1) / (4 * (n - 1)), rel=0.1)
+    zero = np.zeros(d)
+    want = _expected_poly3(zero, 1, zero, 1, d) + _expected_poly3(shift, 1, shift, 1, d) \
+        - 2 * _expected_poly3(zero, 1, shift, 1, d)
+    assert np.mean([g["kid_floor_holdout"] for g in floors]) == pytest.approx(want, rel=0.15)
+    # fewer held-out rows than n: the held-out floor is at their count, recorded
+    small = fid_kid_floors(train, holdout[:300], n, kid_subsets=2)
+    assert small["floor_holdout_n"] == 300 and small["floor_holdout_kid_subset_size"] == 300
+    # no held-out set: only the train floor
+    assert "fid_floor_holdout" not in fid_kid_floors(train, None, n, kid_subsets=2)

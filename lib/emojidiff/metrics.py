@@ -57,29 +57,66 @@ def polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int = 3, coef0: float 
     return float((s_xx + s_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
 
 
+def kid_subset_size(n_a: int, n_b: int, subset_size: int) -> int:
+    """The KID subset size actually used: the requested one, clipped to the smaller set's size."""
+    if subset_size < 2:
+        raise ValueError(f"KID subset size must be at least 2, got {subset_size}")
+    return min(int(subset_size), int(n_a), int(n_b))
+
+
 def kid_from_features(a, b, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-                      seed: int = 2020) -> tuple[float, float]:
-    """KID: mean and std over `subsets` random subsets of the unbiased polynomial MMD^2, k = (x.y/d + 1)^degree.
+                      seed: int = 2020, return_subset_size: bool = False):
+    """KID: (mean, std) over `subsets` random subsets of the unbiased polynomial MMD^2, k = (x.y/d + 1)^degree.
 
     Subsets are drawn as torch-fidelity draws them (RandomState(seed), a's subset then b's), so results match
-    `torch_fidelity.calculate_metrics(kid=True, rng_seed=seed)`. A subset size above the smaller set is clipped to it.
+    `torch_fidelity.calculate_metrics(kid=True, rng_seed=seed)`. A subset size above the smaller set is clipped to it
+    with a warning; `return_subset_size` returns (mean, std, size used) so callers can record it.
     """
     a, b = _as_2d_float64(a, "a"), _as_2d_float64(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
     if subsets < 1:
         raise ValueError(f"subsets must be positive, got {subsets}")
-    n = min(len(a), len(b))
-    if subset_size > n:
-        warnings.warn(f"KID subset size {subset_size} clipped to the smaller set's size {n}", stacklevel=2)
-        subset_size = n
+    used = kid_subset_size(len(a), len(b), subset_size)
+    if used < subset_size:
+        warnings.warn(f"KID subset size {subset_size} clipped to the smaller set's size {used}", stacklevel=2)
+    subset_size = used
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)
     for i in range(subsets):
         fa = a[rng.choice(len(a), subset_size, replace=False)]
         fb = b[rng.choice(len(b), subset_size, replace=False)]
         mmds[i] = polynomial_mmd2(fa, fb, degree)
+    if return_subset_size:
+        return float(mmds.mean()), float(mmds.std()), subset_size
     return float(mmds.mean()), float(mmds.std())
+
+
+def fid_kid_floors(train, holdout, n: int, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                   seed: int = 0) -> dict:
+    """FID/KID of real data against the training features at (at most) `n` images: what a perfect model would score.
+
+    train: n random training rows vs all training rows (FID's small-sample bias alone: a sample of n copied from
+    the data). holdout: min(n, len(holdout)) random held-out rows vs all training rows (a perfect generaliser).
+    Returns fid/kid per floor with the row counts and KID subset sizes used (clipped as kid_from_features does).
+    """
+    train = _as_2d_float64(train, "train")
+    rng = np.random.default_rng(seed)
+    out = {}
+    sets = [("train", train)]
+    if holdout is not None and len(holdout) >= 2:
+        sets.append(("holdout", _as_2d_float64(holdout, "holdout")))
+    for name, feats in sets:
+        m = min(int(n), len(feats))
+        if m < 2:
+            raise ValueError(f"need n >= 2 rows for a floor, got n={n}")
+        pick = feats[np.sort(rng.choice(len(feats), m, replace=False))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the clipping is returned, not warned, here
+            kid, kid_std, used = kid_from_features(pick, train, kid_subsets, kid_subset_size, return_subset_size=True)
+        out |= {f"fid_floor_{name}": fid_from_features(pick, train), f"kid_floor_{name}": kid,
+                f"kid_floor_{name}_std": kid_std, f"floor_{name}_n": m, f"floor_{name}_kid_subset_size": used}
+    return out
 
 
 def best_device() -> torch.device:
