@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from emojidiff.layout import RunLayout
+from emojidiff.runlock import run_lock
 
 
 def samples_name(kimg: float, num_images: int, seed: int, num_steps: int) -> str:
@@ -37,10 +39,7 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, num_images
     bf16 autocast follows the training rule (emojidiff.train.resolve_precision).
     """
     from emojidiff import distributed as dist
-    from emojidiff.checkpoint import load_denoiser, read_meta
-    from emojidiff.grids import save_grid
-    from emojidiff.sampler import generate
-    from emojidiff.train import resolve_precision
+    from emojidiff.checkpoint import read_meta
 
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
@@ -51,28 +50,40 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, num_images
     if path.is_file() and not overwrite:
         return path
     info = dist.setup(device)
+    with run_lock(out_folder, "sampling") if info.is_main else contextlib.nullcontext():
+        _sample_into(path, checkpoint, meta, info, num_images, seed, num_steps, batch_size, precision,
+                     dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise), progress)
+    dist.barrier(info)
+    return path
+
+
+def _sample_into(path: Path, checkpoint, meta: dict, info, num_images: int, seed: int, num_steps: int,
+                 batch_size: int, precision: str, churn: dict, progress: bool) -> None:
+    """Draw this rank's share; rank 0 writes the set atomically (temp file + rename) and its preview grid."""
+    from emojidiff.checkpoint import load_denoiser, remove_orphans
+    from emojidiff.grids import save_grid
+    from emojidiff.sampler import generate
+    from emojidiff.train import resolve_precision
+
     net = load_denoiser(checkpoint, info.device, ema=True)
     amp = resolve_precision(precision, info.device)
     per = -(-num_images // info.world_size)
     start, stop = min(info.rank * per, num_images), min((info.rank + 1) * per, num_images)
     images = generate(net, stop - start, seed, batch_size=batch_size, num_steps=num_steps, start_index=start,
                       device=info.device, dtype=torch.float32, autocast=amp is not None, uint8=True,
-                      progress=progress and info.is_main, S_churn=S_churn, S_min=S_min, S_max=S_max,
-                      S_noise=S_noise)
+                      progress=progress and info.is_main, **churn)
     if info.active:
         images = _gather(images, info)
     if info.is_main:
-        sample_info = {"checkpoint": str(checkpoint), "kimg": kimg, "width": meta.get("width"),
-                       "num_images": num_images, "seed": seed, "num_steps": num_steps, "sampler": "heun",
-                       "S_churn": S_churn, "S_min": S_min, "S_max": S_max, "S_noise": S_noise,
+        sample_info = {"checkpoint": str(checkpoint), "kimg": float(meta["kimg"]), "width": meta.get("width"),
+                       "num_images": num_images, "seed": seed, "num_steps": num_steps, "sampler": "heun", **churn,
                        "precision": "bf16" if amp is not None else "fp32", "world_size": info.world_size}
-        out_folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(path.parent)  # .NAME.tmpPID.npz of killed writers
         tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
         np.savez(tmp, images=images, info=json.dumps(sample_info))
         os.replace(tmp, path)
         save_grid(path.with_suffix(".png"), images[:100], ncols=10, scale=2)
-    dist.barrier(info)
-    return path
 
 
 def list_samples(layout: RunLayout | str | Path, width: int) -> list[dict]:
@@ -112,8 +123,9 @@ def cli_configure(parser) -> None:
 
 
 def cli_main(args) -> int:
-    """Sample from EMA snapshots into the run's samples/w<width>/ folder."""
-    from emojidiff.checkpoint import list_snapshots, read_meta
+    """Sample from EMA snapshots into the run's samples/w<width>/ folder, holding the run folder's lock."""
+    from emojidiff import distributed as dist
+    from emojidiff.checkpoint import latest_good_snapshot, read_meta
     from emojidiff.config import load_config
 
     cfg = load_config(args.params)
@@ -123,16 +135,18 @@ def cli_main(args) -> int:
     else:
         jobs = []
         for w in cfg.model.widths:
-            snaps = list_snapshots(layout.train(w))
-            if not snaps:
-                raise FileNotFoundError(f"no EMA snapshots in {layout.train(w)}: train first (emojidiff train)")
-            jobs.append((w, snaps[-1][1]))
+            snap = latest_good_snapshot(layout.train(w))  # a damaged newest one is named and skipped
+            if snap is None:
+                raise FileNotFoundError(f"no usable EMA snapshot in {layout.train(w)}: train first (emojidiff train)")
+            jobs.append((w, snap[1]))
     s = cfg.sample
-    for w, ckpt in jobs:
-        path = sample_checkpoint(ckpt, layout.samples(w), args.num or s.num_images,
-                                 cfg.seed if args.seed is None else args.seed, s.num_steps, s.batch_size,
-                                 cfg.device, cfg.train.precision, s.S_churn, s.S_min, s.S_max, s.S_noise)
-        print(f"w{w}: {path}")
+    main = dist.setup(cfg.device).is_main  # under torchrun rank 0 holds the lock for all
+    with run_lock(layout.root, "sampling") if main else contextlib.nullcontext():
+        for w, ckpt in jobs:
+            path = sample_checkpoint(ckpt, layout.samples(w), args.num or s.num_images,
+                                     cfg.seed if args.seed is None else args.seed, s.num_steps, s.batch_size,
+                                     cfg.device, cfg.train.precision, s.S_churn, s.S_min, s.S_max, s.S_noise)
+            print(f"w{w}: {path}")
     return 0
 
 
