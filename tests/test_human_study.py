@@ -1,5 +1,7 @@
 """Tests for the human study: pairs, resumable CSV answers, the task widget and the analysis."""
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,11 +64,14 @@ def test_answers_are_saved_at_once_and_a_session_resumes(tmp_path):
         load_answers(tmp_path / "bad.csv")
 
 
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    return {s: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for s, n in SIZES.items()}
+
+
 def test_widget_clicks_record_answers(tmp_path):
-    rng = np.random.default_rng(0)
-    images = {s: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for s, n in SIZES.items()}
     pairs = make_pairs(SIZES, 3)
-    w = StudyWidget(StudySession(pairs, tmp_path / "a.csv"), images)
+    w = StudyWidget(StudySession(pairs, tmp_path / "a.csv"), _images(), min_seconds=0.0)
     first = w.left_img.value
     assert w.progress.value == 0 and "0 of 3" in w.status.value
     w.right_btn.click()  # the same path as a real click
@@ -77,6 +82,72 @@ def test_widget_clicks_record_answers(tmp_path):
     assert w.left_btn.disabled and "done: 3 of 3" in w.status.value
     got = load_answers(tmp_path / "a.csv")["choice"].tolist()
     assert got == ["right", "left", "left"]
+
+
+def test_widget_ignores_a_double_click_and_answers_from_the_keyboard(tmp_path):
+    csv = tmp_path / "a.csv"
+    w = StudyWidget(StudySession(make_pairs(SIZES, 4), csv), _images(), min_seconds=0.3)
+    time.sleep(0.35)  # the rater looks at the first pair
+    w.left_btn.click()
+    second = w.left_img.value
+    w.left_btn.click()  # the second click of a double-click lands on a pair drawn a moment ago
+    assert len(load_answers(csv)) == 1 and w.session.done == 1 and w.left_img.value == second
+    time.sleep(0.35)
+    # what ipyevents delivers for a key press over the widget: the right arrow, then "1"
+    w.keys._handle_mouse_msg(None, {"type": "keydown", "key": "ArrowRight"}, [])
+    time.sleep(0.35)
+    w.keys._handle_mouse_msg(None, {"type": "keydown", "key": "1"}, [])
+    w.keys._handle_mouse_msg(None, {"type": "keydown", "key": "x"}, [])  # other keys do nothing
+    assert load_answers(csv)["choice"].tolist() == ["left", "right", "left"]
+
+
+def test_a_torn_answers_file_loses_nothing_and_takes_new_answers(tmp_path):
+    csv = tmp_path / "answers.csv"
+    pairs = make_pairs(SIZES, 8)
+    s = StudySession(pairs, csv, rater="ann")
+    for side in ["left", "right", "left", "right"]:
+        s.answer(side)
+    data = csv.read_bytes()
+    csv.write_bytes(data[: data.rstrip(b"\n").rfind(b",w")])  # a crash mid-row: the 4th answer is torn
+    with pytest.warns(UserWarning, match=r"skipped 1 row.*line 5: \d+ fields"):
+        s2 = StudySession(pairs, csv, rater="ann")  # starting a session works ...
+    assert s2.done == 3 and s2.current["pair_id"] == pairs.loc[3, "pair_id"]  # ... and asks the torn pair again
+    s2.answer("left")
+    s2.answer("right")
+    lines = csv.read_text().splitlines()
+    assert len(lines) == 1 + 4 + 2 and lines[-2].count(",") == lines[-1].count(",") == len(ANSWER_COLUMNS) - 1
+    with pytest.warns(UserWarning, match="line 5"):
+        got = load_answers(csv)
+    assert len(got) == 5 and got["pair_id"].tolist() == ["0-0", "0-1", "0-2", "0-3", "0-4"]
+    assert got["choice"].tolist() == ["left", "right", "left", "left", "right"]
+    with pytest.warns(UserWarning):
+        bt = bradley_terry(load_answers(csv), sources=SIZES)
+    assert np.isfinite(bt["log_strength"]).all() and set(bt.index) <= set(SIZES)
+
+
+def test_a_torn_header_starts_the_file_again(tmp_path):
+    csv = tmp_path / "answers.csv"
+    csv.write_text("time,rater,pai")
+    StudySession(make_pairs(SIZES, 2), csv).answer("left")
+    assert len(load_answers(csv)) == 1
+
+
+def test_an_unknown_source_is_rejected_not_ranked(tmp_path):
+    csv = tmp_path / "answers.csv"
+    s = StudySession(make_pairs(SIZES, 3), csv)
+    s.answer("left")
+    with open(csv, "a") as f:  # a consistent row for a source that is not in the study
+        f.write("t,anonymous,9-9,w999,0,real,1,left,w999,real,0.5\n")
+    with pytest.warns(UserWarning, match=r"line 3: source 'w999' is not one of the study's"):
+        good = load_answers(csv, sources=SIZES)
+    assert len(good) == 1
+    with pytest.warns(UserWarning, match="line 3"):
+        assert StudySession(make_pairs(SIZES, 3), csv).done == 1
+    everything = load_answers(csv)  # without the study's sources the row parses ...
+    with pytest.raises(ValueError, match=r"\['w999'\] not among the study's sources"):
+        bradley_terry(everything, sources=SIZES)  # ... but the fit refuses it
+    with pytest.raises(ValueError, match="missing or non-text winner"):
+        bradley_terry(everything.assign(winner=[np.nan, "real"]))  # not a TypeError deep in sorted()
 
 
 def test_wilson_interval_known_values():
@@ -113,3 +184,32 @@ def test_win_rates_and_plot():
     assert len(plot_study(answers).axes) == 2
     with pytest.raises(ValueError, match="two sources"):
         bradley_terry(answers.head(0))
+
+
+def test_bradley_terry_bootstrap_intervals():
+    truth = {"real": 4.0, "w128": 2.0, "w64": 1.0, "w32": 0.5}
+    big = simulate_answers(make_pairs(SIZES, 3000, seed=1), truth, seed=2)
+    bt = bradley_terry(big, n_boot=400, seed=5)
+    assert (bt["strength_lo"] < bt["strength"]).all() and (bt["strength"] < bt["strength_hi"]).all()
+    g = np.exp(np.log(pd.Series(truth)).mean())  # truth on the fit's scale (geometric mean 1)
+    true = pd.Series(truth)[bt.index] / g
+    assert ((bt["strength_lo"] < true) & (true < bt["strength_hi"])).all()
+    pd.testing.assert_frame_equal(bt, bradley_terry(big, n_boot=400, seed=5))  # seeded
+    assert not bt["strength_lo"].equals(bradley_terry(big, n_boot=400, seed=6)["strength_lo"])
+    small = bradley_terry(big.head(300), n_boot=400, seed=5)
+    width = np.log(bt["strength_hi"] / bt["strength_lo"])
+    assert (np.log(small["strength_hi"] / small["strength_lo"])[bt.index] > 2 * width).all()  # 10x data: ~3x narrower
+    assert "strength_lo" not in bradley_terry(big, n_boot=0)
+
+
+def test_a_tie_shares_a_rank_and_draws_a_ranking():
+    answers = simulate_answers(make_pairs({"real": 5, "w32": 5}, 6), {"real": 1.0, "w32": 1.0})
+    answers["winner"] = ["real", "w32"] * 3  # 3-3
+    answers["loser"] = ["w32", "real"] * 3
+    bt = bradley_terry(answers)
+    assert bt["rank"].tolist() == [1, 1] and np.allclose(bt["strength"], 1.0)
+    ax = plot_study(answers).axes[1]
+    assert sorted(t.get_text() for t in ax.get_xticklabels()) == ["#1 real", "#1 w32"]
+    x, y = ax.lines[0].get_data()  # the strength points, one per source, inside the visible range
+    lo, hi = ax.get_ylim()
+    assert len(x) == 2 and all(lo < v < hi for v in y)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pandas as pd
 
 PAIR_COLUMNS = ["pair_id", "left_source", "left_index", "right_source", "right_index"]
 ANSWER_COLUMNS = ["time", "rater", *PAIR_COLUMNS, "choice", "winner", "loser", "seconds"]
+HEADER = (",".join(ANSWER_COLUMNS) + "\n").encode()
 
 
 def make_pairs(source_sizes: dict[str, int], n_pairs: int, seed: int = 0) -> pd.DataFrame:
@@ -31,16 +34,59 @@ def make_pairs(source_sizes: dict[str, int], n_pairs: int, seed: int = 0) -> pd.
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
-def load_answers(path: str | Path) -> pd.DataFrame:
-    """All answers in a study CSV (an empty table when there is none yet)."""
+def _parse_row(fields: list[str], sources: set[str] | None) -> dict:
+    """One answer row as typed values; raises ValueError saying what is wrong with it."""
+    if len(fields) != len(ANSWER_COLUMNS):
+        raise ValueError(f"{len(fields)} fields, expected {len(ANSWER_COLUMNS)}")
+    row = dict(zip(ANSWER_COLUMNS, fields))
+    if row["choice"] not in ("left", "right"):
+        raise ValueError(f"choice {row['choice']!r} is not 'left' or 'right'")
+    shown = (row["left_source"], row["right_source"])[:: 1 if row["choice"] == "left" else -1]
+    if (row["winner"], row["loser"]) != shown:  # a torn or glued row rarely keeps these consistent
+        raise ValueError(f"winner {row['winner']!r} / loser {row['loser']!r} do not match the pair shown "
+                         f"({row['left_source']!r} left, {row['right_source']!r} right, chose {row['choice']})")
+    if sources is not None:
+        unknown = sorted({row["winner"], row["loser"]} - sources)
+        if unknown:
+            raise ValueError(f"source {', '.join(map(repr, unknown))} is not one of the study's {sorted(sources)}")
+    row["left_index"], row["right_index"] = int(row["left_index"]), int(row["right_index"])
+    row["seconds"] = float(row["seconds"]) if row["seconds"] else np.nan
+    return row
+
+
+def load_answers(path: str | Path, sources=None) -> pd.DataFrame:
+    """All answers in a study CSV (an empty table when there is none yet).
+
+    Rows that do not parse (a torn last line, a row glued onto it, a winner that is not one of `sources`) are skipped
+    with a warning naming their line numbers; every good row is kept.
+    """
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=ANSWER_COLUMNS)
-    df = pd.read_csv(path, dtype={"pair_id": str, "rater": str})
-    missing = set(ANSWER_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: not a study answers file, missing columns {sorted(missing)}")
-    return df
+    if not path.is_file() or path.stat().st_size < len(HEADER) and HEADER.startswith(path.read_bytes()):
+        return pd.DataFrame(columns=ANSWER_COLUMNS)  # nothing yet, or a header torn by a crash: no answers lost
+    sources = None if sources is None else set(sources)
+    rows, bad = [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        missing = set(ANSWER_COLUMNS) - set(header)
+        if missing:
+            raise ValueError(f"{path}: not a study answers file, missing columns {sorted(missing)}")
+        order = [header.index(c) for c in ANSWER_COLUMNS]
+        start = reader.line_num
+        for fields in reader:
+            if fields:
+                try:
+                    if len(fields) != len(header):
+                        raise ValueError(f"{len(fields)} fields, expected {len(header)}")
+                    rows.append(_parse_row([fields[i] for i in order], sources))
+                except ValueError as e:
+                    bad.append(f"line {start + 1}: {e}")
+            start = reader.line_num
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} row(s) that do not parse, kept {len(rows)}: " + "; ".join(bad),
+                      stacklevel=2)
+    df = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+    return df.astype({"left_index": int, "right_index": int, "seconds": float})
 
 
 class StudySession:
@@ -48,7 +94,8 @@ class StudySession:
 
     def __init__(self, pairs: pd.DataFrame, csv_path: str | Path, rater: str = "anonymous"):
         self.csv_path, self.rater = Path(csv_path), str(rater)
-        done = load_answers(self.csv_path)
+        self.sources = sorted(set(pairs["left_source"]) | set(pairs["right_source"]))
+        done = load_answers(self.csv_path, self.sources)
         done = set(done.loc[done["rater"] == self.rater, "pair_id"].astype(str))
         self.total = len(pairs)
         self.queue = [r for r in pairs.to_dict("records") if str(r["pair_id"]) not in done]
@@ -74,12 +121,20 @@ class StudySession:
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rater": self.rater, **pair, "choice": choice,
                "winner": winner, "loser": loser, "seconds": round(time.monotonic() - self._shown_at, 2)}
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.is_file() or self.csv_path.stat().st_size == 0
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, ANSWER_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        with open(self.csv_path, "a+b") as f:  # bytes: seek to the last character and read it
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            torn_header = 0 < size < len(HEADER) and HEADER.startswith(f.read(size))
+            if size == 0 or torn_header:  # a crash while the header was written: start the file again
+                f.truncate(0)
+                f.write(HEADER)
+            else:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # a torn last row: start this answer on a fresh line
+                    f.write(b"\n")
+            text = io.StringIO()
+            csv.DictWriter(text, ANSWER_COLUMNS, lineterminator="\n").writerow(row)
+            f.write(text.getvalue().encode())  # one write: a crash tears at most this row
             f.flush()
             os.fsync(f.fileno())  # a closed notebook or a crash loses nothing
         self.queue.pop(0)
@@ -87,14 +142,25 @@ class StudySession:
         return row
 
 
+KEYS = {"ArrowLeft": "left", "1": "left", "ArrowRight": "right", "2": "right"}
+
+
 class StudyWidget:
-    """The 2AFC task in ipywidgets: two emoji side by side, sources hidden, one click per answer."""
+    """The 2AFC task in ipywidgets: two emoji side by side, sources hidden; a click or a key (left/right, 1/2) answers.
 
-    def __init__(self, session: StudySession, images: dict[str, np.ndarray], scale: int = 4):
+    A click or key within `min_seconds` of a pair being drawn is ignored: the second click of a double-click (or a
+    held key) would otherwise answer a pair nobody has looked at yet.
+    """
+
+    def __init__(self, session: StudySession, images: dict[str, np.ndarray], scale: int = 4,
+                 min_seconds: float = 0.5):
         import ipywidgets as W
+        from ipyevents import Event
 
-        self.session, self.images, self.scale = session, images, scale
-        self.question = W.HTML("<h3>Which looks more like a real emoji?</h3>")
+        self.session, self.images, self.scale, self.min_seconds = session, images, scale, min_seconds
+        self.question = W.HTML("<h3>Which looks more like a real emoji?</h3>"
+                               "<span style='font-size:11px'>click, or with the mouse over the task press "
+                               "&larr; / &rarr; (or 1 / 2)</span>")
         self.left_img, self.right_img = W.Image(format="png"), W.Image(format="png")
         self.left_btn = W.Button(description="this one (left)", button_style="info")
         self.right_btn = W.Button(description="this one (right)", button_style="info")
@@ -106,12 +172,26 @@ class StudyWidget:
                               W.HBox([W.VBox([self.left_img, self.left_btn]),
                                       W.VBox([self.right_img, self.right_btn])]),
                               W.HBox([self.progress, self.status])])
+        # ipywidgets has no key events; ipyevents sends them while the mouse is over the task
+        self.keys = Event(source=self.widget, watched_events=["keydown"], prevent_default_action=True)
+        self.keys.on_dom_event(self._on_key)
         self.render()
 
-    def choose(self, side: str):
-        """What a click does: record the answer and show the next pair."""
-        self.session.answer(side)
+    def _on_key(self, event: dict):
+        side = KEYS.get(event.get("key"))
+        if event.get("type") == "keydown" and side is not None:
+            self.choose(side)
+
+    def choose(self, side: str) -> dict | None:
+        """What a click does: record the answer and show the next pair; None when the click is ignored."""
+        if self.session.current is None:
+            return None
+        if time.monotonic() - self._drawn_at < self.min_seconds:
+            return None  # the pair was drawn a moment ago: a double-click's second click, not an answer
+        self.left_btn.disabled = self.right_btn.disabled = True  # no more clicks on this pair
+        row = self.session.answer(side)
         self.render()
+        return row
 
     def render(self):
         from emojidiff.browser import png_bytes
@@ -126,6 +206,7 @@ class StudyWidget:
         self.status.value = f"{s.done} of {s.total} answered (saved as you go; rater {s.rater})"
         self.left_img.value = png_bytes(self.images[pair["left_source"]][pair["left_index"]], self.scale)
         self.right_img.value = png_bytes(self.images[pair["right_source"]][pair["right_index"]], self.scale)
+        self._drawn_at = time.monotonic()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -154,29 +235,67 @@ def win_rates(answers: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values("win_rate", ascending=False)
 
 
-def bradley_terry(answers: pd.DataFrame, prior: float = 0.5, iters: int = 10_000, tol: float = 1e-10) -> pd.DataFrame:
-    """Bradley-Terry strengths by the MM algorithm (Hunter 2004): P(i beats j) = p_i / (p_i + p_j)."""
-    sources = sorted(set(answers["winner"]) | set(answers["loser"]))
-    if len(sources) < 2:
+def _check_sources(answers: pd.DataFrame, sources) -> list[str]:
+    """The sources the answers compare, after checking every winner and loser is a known source name."""
+    names = pd.concat([answers["winner"], answers["loser"]])
+    bad = names[~names.map(lambda v: isinstance(v, str) and v != "")]
+    if len(bad):
+        raise ValueError(f"answers with a missing or non-text winner/loser: {sorted(map(repr, set(bad)))[:5]}")
+    found = sorted(set(names))
+    if sources is not None:
+        unknown = sorted(set(found) - set(sources))
+        if unknown:
+            raise ValueError(f"winner/loser {unknown} not among the study's sources {sorted(sources)}")
+    return found
+
+
+def _mm(w: np.ndarray, prior: float, iters: int, tol: float) -> np.ndarray:
+    """Bradley-Terry MM fit (Hunter 2004) of win matrices w[..., i, j] (times i beat j), batched over leading axes."""
+    n = w + np.swapaxes(w, -1, -2)
+    w = w + prior * (n > 0)  # pseudo-wins both ways keep unbeaten/winless sources finite
+    n = w + np.swapaxes(w, -1, -2)
+    p = np.ones(w.shape[:-1])
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a resample that compares nothing
+        for _ in range(iters):
+            new = w.sum(-1) / (n / (p[..., :, None] + p[..., None, :])).sum(-1)  # Hunter (2004) eq. 3
+            logs = np.where(new > 0, np.log(new), np.nan)  # a source never compared (in a resample) is NaN
+            new = new / np.exp(np.nanmean(logs, axis=-1, keepdims=True))  # fix the scale: geometric mean 1
+            done = np.nanmax(np.abs(new - p)) < tol if np.isfinite(new).any() else True
+            p = new
+            if done:
+                break
+    return p
+
+
+def bradley_terry(answers: pd.DataFrame, prior: float = 0.5, iters: int = 10_000, tol: float = 1e-10,
+                  n_boot: int = 1000, level: float = 0.95, seed: int = 0, sources=None) -> pd.DataFrame:
+    """Bradley-Terry strengths by the MM algorithm (Hunter 2004): P(i beats j) = p_i / (p_i + p_j).
+
+    `strength_lo`/`strength_hi`: a percentile bootstrap interval (answers resampled with replacement, seeded).
+    `rank`: 1 is judged most real; equal strengths (a 3-3 tie) share a rank. With `sources`, an unknown winner or
+    loser is an error rather than a new source.
+    """
+    names = _check_sources(answers, sources)
+    if len(names) < 2:
         raise ValueError("Bradley-Terry needs answers comparing at least two sources")
-    pos = {s: i for i, s in enumerate(sources)}
-    m = len(sources)
+    pos = {s: i for i, s in enumerate(names)}
+    m = len(names)
     w = np.zeros((m, m))  # w[i, j]: times i beat j
     np.add.at(w, (answers["winner"].map(pos).to_numpy(), answers["loser"].map(pos).to_numpy()), 1)
-    n = w + w.T
-    w = w + prior * (n > 0)  # pseudo-wins both ways keep unbeaten/winless sources finite
-    n = w + w.T
-    p = np.ones(m)
-    for _ in range(iters):
-        new = w.sum(1) / (n / (p[:, None] + p[None, :])).sum(1)  # Hunter (2004) eq. 3
-        new /= np.exp(np.log(new).mean())  # fix the scale: geometric mean 1
-        if np.abs(new - p).max() < tol:
-            p = new
-            break
-        p = new
-    df = pd.DataFrame({"strength": p, "log_strength": np.log(p)}, index=pd.Index(sources, name="source"))
-    df = df.sort_values("strength", ascending=False)
-    df["rank"] = np.arange(1, m + 1)
+    p = _mm(w, prior, iters, tol)
+    df = pd.DataFrame({"strength": p, "log_strength": np.log(p)}, index=pd.Index(names, name="source"))
+    if n_boot > 0:
+        # resampling answers with replacement = multinomial counts over the (winner, loser) cells
+        rng = np.random.default_rng(seed)
+        boot = rng.multinomial(int(w.sum()), w.ravel() / w.sum(), size=n_boot).reshape(n_boot, m, m).astype(float)
+        pb = _mm(boot, prior, iters, max(tol, 1e-8))
+        alpha = (1 - level) / 2
+        df["strength_lo"] = np.nanquantile(pb, alpha, axis=0)
+        df["strength_hi"] = np.nanquantile(pb, 1 - alpha, axis=0)
+    df = df.sort_values("strength", ascending=False, kind="stable")
+    # ties share a rank: compare strengths rounded well above the fit's tolerance
+    df["rank"] = df["log_strength"].round(6).rank(method="min", ascending=False).astype(int)
     return df
 
 
@@ -198,7 +317,7 @@ def simulate_answers(pairs: pd.DataFrame, strengths: dict[str, float], seed: int
 
 
 def plot_study(answers: pd.DataFrame, title: str = "Which looks more like a real emoji?"):
-    """Win rates with Wilson intervals and the Bradley-Terry strengths, per source."""
+    """Win rates with Wilson intervals and the Bradley-Terry strengths (bootstrap intervals) in rank order."""
     import matplotlib.pyplot as plt
 
     wr, bt = win_rates(answers), bradley_terry(answers)
@@ -209,8 +328,14 @@ def plot_study(answers: pd.DataFrame, title: str = "Which looks more like a real
     ax0.set_ylim(0, 1)
     ax0.set_ylabel("win rate (95% Wilson CI)")
     ax0.set_title(f"{title}\n{len(answers)} answers", fontsize=9)
-    ax1.bar(bt.index, bt["log_strength"])
-    ax1.set_ylabel("Bradley-Terry log-strength")
-    ax1.set_title("ranking (higher: judged more real)", fontsize=9)
+    # points, not bars from 1: a tie (all strengths 1) must still show every source
+    labels = [f"#{r} {s}" for s, r in zip(bt.index, bt["rank"])]
+    lo = (bt["strength"] - bt["strength_lo"]).clip(lower=0)
+    hi = (bt["strength_hi"] - bt["strength"]).clip(lower=0)
+    ax1.errorbar(labels, bt["strength"], yerr=[lo.fillna(0), hi.fillna(0)], fmt="o", capsize=4)
+    ax1.axhline(1.0, color="k", ls=":", lw=1)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("Bradley-Terry strength (95% bootstrap CI)")
+    ax1.set_title("ranking (higher: judged more real; geometric mean 1)", fontsize=9)
     fig.tight_layout()
     return fig
