@@ -1,6 +1,7 @@
 """The typed configuration: profiles load, bad ones fail naming the key and the file."""
 
 import math
+import re
 
 import pytest
 import yaml
@@ -95,3 +96,45 @@ def test_resolved_config_round_trips(tmp_path, repo):
     again = load_config(path)
     assert again == cfg and again.digest() == cfg.digest()
     assert config_from_dict({"seed": 1}).digest() != cfg.digest()
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"seed": -1}, "seed"),
+    ({"data": {"styles": []}}, "data.styles"),
+    ({"data": {"max_faces": 1}}, "data.max_faces"),
+    ({"data": {"gallery_size": 0}}, "data.gallery_size"),
+    ({"data": {"gallery_size": 4096}}, "data.gallery_size"),
+    ({"model": {"widths": []}}, "model.widths"),
+    ({"model": {"widths": [32, 0]}}, "model.widths"),
+    ({"model": {"channel_mult": []}}, "model.channel_mult"),
+    ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"model": {"dropout": -0.1}}, "model.dropout"),
+    ({"train": {"lr": 0}}, "train.lr"),
+    ({"train": {"lr": -1e-3}}, "train.lr"),
+    ({"train": {"ema_halflife_kimg": -1}}, "train.ema_halflife_kimg"),
+    ({"train": {"ema_rampup_ratio": -0.05}}, "train.ema_rampup_ratio"),
+    ({"train": {"lr_rampup_kimg": -1}}, "train.lr_rampup_kimg"),
+    ({"sample": {"num_images": 0}}, "sample.num_images"),
+    ({"sample": {"batch_size": 0}}, "sample.batch_size"),
+    ({"study": {"trace_patch": 4}}, "study.trace_patch"),
+])
+def test_values_that_would_fail_late_are_refused_at_load_naming_key_and_file(tmp_path, repo, data, key):
+    profile = yaml.safe_load((repo / "params/smoke.yaml").read_text())
+    for section, values in data.items():
+        if isinstance(values, dict):
+            profile[section].update(values)
+        else:
+            profile[section] = values
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: {re.escape(key)} .*got"):
+        load_config(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing made before the refusal
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_profile_is_refused_not_taken_for_the_cpu_one(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"empty\.yaml: empty profile"):
+        load_config(path)

@@ -184,20 +184,73 @@ def config_from_dict(data: dict | None, source: str = "<dict>") -> Config:
     return cfg
 
 
+MAX_GALLERY = 512  # px; galleries are rendered per image in memory (4096 px with 3 faces took 5.3 GB)
+
+
 def _validate(cfg: Config, source: str) -> None:
+    """Refuse values that would fail late (after folders exist) or silently give a wrong study."""
+    d, m, t, s, e, st = cfg.data, cfg.model, cfg.train, cfg.sample, cfg.eval, cfg.study
     checks = [
-        (cfg.data.faces in ("core", "all"), "data.faces", "must be 'core' or 'all'", cfg.data.faces),
-        (0.0 <= cfg.data.holdout < 1.0, "data.holdout", "must be in [0, 1)", cfg.data.holdout),
-        (cfg.data.size in (32, 64), "data.size", "must be 32 or 64", cfg.data.size),
-        (len(cfg.model.widths) > 0, "model.widths", "must list at least one width", cfg.model.widths),
-        (cfg.train.batch_size > 0, "train.batch_size", "must be positive", cfg.train.batch_size),
-        (cfg.train.duration_kimg > 0, "train.duration_kimg", "must be positive", cfg.train.duration_kimg),
-        (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16",
-         cfg.train.precision),
-        (cfg.sample.num_steps > 0, "sample.num_steps", "must be positive", cfg.sample.num_steps),
-        (cfg.eval.snapshots in ("all", "last"), "eval.snapshots", "must be 'all' or 'last'", cfg.eval.snapshots),
+        (cfg.seed >= 0, "seed", "must be >= 0", cfg.seed),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
          "must be auto, cpu or cuda[:N]", cfg.device),
+        (len(d.styles) > 0 and all(d.styles), "data.styles", "must list at least one emoji style", d.styles),
+        (len(set(d.styles)) == len(d.styles), "data.styles", "must not repeat a style", d.styles),
+        (d.faces in ("core", "all"), "data.faces", "must be 'core' or 'all'", d.faces),
+        (d.size in (32, 64), "data.size", "must be 32 or 64", d.size),
+        (16 <= d.gallery_size <= MAX_GALLERY, "data.gallery_size", f"must be in [16, {MAX_GALLERY}] px",
+         d.gallery_size),
+        (0.0 <= d.holdout < 1.0, "data.holdout", "must be in [0, 1)", d.holdout),
+        (d.max_faces == 0 or d.max_faces >= 2, "data.max_faces", "must be 0 (all) or >= 2 (a fusion needs two)",
+         d.max_faces),
+        (len(m.widths) > 0, "model.widths", "must list at least one width", m.widths),
+        (all(w > 0 for w in m.widths), "model.widths", "must be positive", m.widths),
+        (len(m.channel_mult) > 0 and all(c > 0 for c in m.channel_mult), "model.channel_mult",
+         "must list at least one positive multiplier", m.channel_mult),
+        (m.num_blocks >= 1, "model.num_blocks", "must be >= 1", m.num_blocks),
+        (all(r > 0 for r in m.attn_resolutions), "model.attn_resolutions", "must be positive", m.attn_resolutions),
+        (0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout),
+        (m.sigma_data is None or m.sigma_data > 0, "model.sigma_data", "must be positive (or null: measured)",
+         m.sigma_data),
+        (m.embedding in ("positional", "fourier"), "model.embedding", "must be 'positional' or 'fourier'",
+         m.embedding),
+        (m.label_dim >= 0, "model.label_dim", "must be >= 0", m.label_dim),
+        (m.label_slots >= 1, "model.label_slots", "must be >= 1", m.label_slots),
+        (0.0 <= m.label_dropout < 1.0, "model.label_dropout", "must be in [0, 1)", m.label_dropout),
+        (t.batch_size > 0, "train.batch_size", "must be positive", t.batch_size),
+        (t.lr > 0, "train.lr", "must be positive", t.lr),
+        (t.lr_rampup_kimg >= 0, "train.lr_rampup_kimg", "must be >= 0", t.lr_rampup_kimg),
+        (t.duration_kimg > 0, "train.duration_kimg", "must be positive", t.duration_kimg),
+        (t.ema_halflife_kimg > 0, "train.ema_halflife_kimg", "must be positive", t.ema_halflife_kimg),
+        (t.ema_rampup_ratio is None or t.ema_rampup_ratio > 0, "train.ema_rampup_ratio",
+         "must be positive (or null: no ramp-up)", t.ema_rampup_ratio),
+        (t.P_std > 0, "train.P_std", "must be positive", t.P_std),
+        (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: off)", t.grad_clip),
+        (t.snapshot_kimg > 0, "train.snapshot_kimg", "must be positive", t.snapshot_kimg),
+        (t.checkpoint_kimg >= 0, "train.checkpoint_kimg", "must be >= 0 (0: at snapshots)", t.checkpoint_kimg),
+        (t.max_snapshots >= 1, "train.max_snapshots", "must be >= 1", t.max_snapshots),
+        (t.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16", t.precision),
+        (t.num_workers >= 0, "train.num_workers", "must be >= 0", t.num_workers),
+        (s.num_steps > 0, "sample.num_steps", "must be positive", s.num_steps),
+        (s.batch_size > 0, "sample.batch_size", "must be positive", s.batch_size),
+        (s.num_images > 0, "sample.num_images", "must be positive", s.num_images),
+        (s.S_churn >= 0, "sample.S_churn", "must be >= 0", s.S_churn),
+        (0 <= s.S_min <= s.S_max, "sample.S_min", "must be in [0, sample.S_max]", s.S_min),
+        (s.S_noise > 0, "sample.S_noise", "must be positive", s.S_noise),
+        (e.kid_subsets > 0, "eval.kid_subsets", "must be positive", e.kid_subsets),
+        (e.kid_subset_size > 1, "eval.kid_subset_size", "must be >= 2", e.kid_subset_size),
+        (0 < e.copy_ratio <= 1, "eval.copy_ratio", "must be in (0, 1]", e.copy_ratio),
+        (e.copy_mse >= 0, "eval.copy_mse", "must be >= 0", e.copy_mse),
+        (e.snapshots in ("all", "last"), "eval.snapshots", "must be 'all' or 'last'", e.snapshots),
+        (e.max_snapshots >= 0, "eval.max_snapshots", "must be >= 0 (0: no cap)", e.max_snapshots),
+        (e.domain_epochs >= 1, "eval.domain_epochs", "must be >= 1", e.domain_epochs),
+        (st.pairs > 0, "study.pairs", "must be positive", st.pairs),
+        (bool(st.answers_csv), "study.answers_csv", "must name a file", st.answers_csv),
+        (st.copy_rule in ("mse", "ratio", "both", "either"), "study.copy_rule", "must be mse, ratio, both or either",
+         st.copy_rule),
+        (st.neighbours > 0, "study.neighbours", "must be positive", st.neighbours),
+        (st.trace_patch > 0 and st.trace_patch % 2 == 1, "study.trace_patch", "must be a positive odd number",
+         st.trace_patch),
     ]
     for ok, key, why, value in checks:
         if not ok:
@@ -213,7 +266,9 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if data is not None and not isinstance(data, dict):
+    if not data:  # an empty file would silently become the default (cpu) profile
+        raise ConfigError(f"{path}: empty profile; a profile spells out its keys (copy params/cpu.yaml)")
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return config_from_dict(data, source=str(path))
 
