@@ -60,24 +60,49 @@ def test_browser_without_holdout_and_errors():
         NeighbourBrowser(samples, train, widths=[32])
 
 
+def _tile_caption(box, k=0):
+    html = box.children[k].children[1].value
+    return html[html.index(">") + 1: html.rindex("</div>")]  # the text inside the caption's <div>
+
+
 def test_widget_drives_the_browser():
     samples, train, tm, holdout, hm, widths = _setup()
     w = BrowserWidget(NeighbourBrowser(samples, train, tm, holdout, hm, widths=widths, k=3))
     assert len(w.train_box.children) == 3 and len(w.holdout_box.children) == 3
-    assert w.slider.max == 5
+    assert (w.slider.min, w.slider.max, w.slider.value) == (1, 6, 1)  # counts from 1, like the caption
+    assert w.caption.value.startswith("sample 1 of 6 ")
     first = w.sample_box.children[0].children[0].value
-    w.slider.value = 5  # the most novel sample
+    w.slider.value = 6  # the most novel sample
     assert w.b.selected == w.b.candidates[5]
     assert w.sample_box.children[0].children[0].value != first
-    assert f"sample {w.b.selected} " in w.caption.value
+    assert w.caption.value.startswith("sample 6 of 6 ") and f"image {w.b.selected} " in w.caption.value
     w.width.value = "32"
-    assert w.slider.max == 2 and w.b.width == 32 and set(w.b.candidates) == {0, 2, 4}
+    assert w.slider.max == 3 and w.b.width == 32 and set(w.b.candidates) == {0, 2, 4}
+    assert w.caption.value.startswith(f"sample {w.slider.value} of 3 ")  # the slider and caption agree
     w.mse.value = (w.mse.max, w.mse.max)  # the single most novel sample
-    assert list(w.b.candidates) == [int(np.argmax(w.b.min_mse))] and w.slider.max == 0
+    assert list(w.b.candidates) == [int(np.argmax(w.b.min_mse))] and w.slider.max == 1 and w.slider.value == 1
     w.width.value = "64"  # ... which is not of width 64: nothing to show
     assert w.caption.value == "no sample in this filter" and w.train_box.children == ()
     w.width.value = "all"
     assert len(w.train_box.children) == 3
+
+
+def test_slider_is_wide_and_every_tile_has_a_real_caption():
+    samples, train, tm, holdout, hm, widths = _setup()
+    w = BrowserWidget(NeighbourBrowser(samples, train, tm, holdout, hm, widths=widths, k=3))
+    width = w.slider.layout.width
+    assert width == "100%" or (width.endswith("px") and int(width[:-2]) >= 600)
+    w.slider.value = 4
+    i, v = w.b.selected, w.b.view()
+    cap = _tile_caption(w.sample_box)
+    assert "sample 4 of 6" in cap and f"image {i}," in cap and f"min MSE {w.b.min_mse[i]:.4f}" in cap
+    for box, found in [(w.train_box, v["train"]), (w.holdout_box, v["holdout"])]:
+        for rank, (_, mse, parents) in enumerate(found, 1):
+            cap = _tile_caption(box, rank - 1)
+            assert cap.startswith(f"#{rank}: {parents}<br>") and f"MSE {mse:.4f}" in cap
+            assert " + " in parents  # the parents, from the manifest
+    no_manifest = BrowserWidget(NeighbourBrowser(samples, train, k=2))
+    assert _tile_caption(no_manifest.train_box).startswith("#1: image 0<br>")
 
 
 def test_png_bytes_upscales():

@@ -19,6 +19,11 @@ def png_bytes(image: np.ndarray, scale: int = 4) -> bytes:
     return buf.getvalue()
 
 
+def _name(manifest: pd.DataFrame | None, index) -> str:
+    """A neighbour's parents ("face A + face B"), or its image number without a manifest."""
+    return f"image {int(index)}" if manifest is None else describe(manifest, index)
+
+
 class NeighbourBrowser:
     """The browser's state and logic, no widgets: filter by width and min-MSE range, select, read what is shown."""
 
@@ -90,14 +95,16 @@ class NeighbourBrowser:
             return {"sample": None, "caption": "no sample in this filter", "train": [], "holdout": []}
         out = {
             "sample": i,
-            "caption": f"sample {i} (width {self.widths[i]}), min MSE {self.min_mse[i]:.4f}, "
-                       f"{self.position + 1} of {len(self.candidates)}",
-            "train": [(int(n), float(m), describe(self.train_manifest, n))
+            "position": self.position + 1,  # counted from 1, as the slider shows it
+            "count": len(self.candidates),
+            "caption": f"sample {self.position + 1} of {len(self.candidates)} (from near copies to the most novel): "
+                       f"image {i} of width {self.widths[i]}, min MSE {self.min_mse[i]:.4f}",
+            "train": [(int(n), float(m), _name(self.train_manifest, n))
                       for n, m in zip(self.train_idx[i], self.train_mse[i])],
             "holdout": [],
         }
         if self.has_holdout:
-            out["holdout"] = [(int(n), float(m), describe(self.holdout_manifest, n))
+            out["holdout"] = [(int(n), float(m), _name(self.holdout_manifest, n))
                               for n, m in zip(self.holdout_idx[i], self.holdout_mse[i])]
         return out
 
@@ -124,7 +131,9 @@ class BrowserWidget:
         self.mse = W.FloatRangeSlider(value=(0.0, hi), min=0.0, max=hi, step=hi / 200 or 1e-4,
                                       description="min MSE", readout_format=".3f", continuous_update=False,
                                       layout=W.Layout(width="420px"))
-        self.slider = W.IntSlider(min=0, max=max(len(browser.candidates) - 1, 0), description="sample")
+        # counts from 1 like the caption; wide enough to reach every one of hundreds of samples
+        self.slider = W.IntSlider(value=1, min=1, max=max(len(browser.candidates), 1), description="sample",
+                                  layout=W.Layout(width="100%", min_width="600px"))
         self.caption = W.HTML()
         self.sample_box, self.train_box, self.holdout_box = W.HBox(), W.HBox(), W.HBox()
         self.width.observe(self._on_filter, "value")
@@ -138,12 +147,12 @@ class BrowserWidget:
     def _on_filter(self, _change):
         self.b.set_width(None if self.width.value == "all" else int(self.width.value))
         self.b.set_mse_range(*self.mse.value)
-        self.slider.max = max(len(self.b.candidates) - 1, 0)
-        self.slider.value = self.b.position
+        self.slider.max = max(len(self.b.candidates), 1)
+        self.slider.value = self.b.position + 1
         self.render()
 
     def _on_select(self, change):
-        self.b.select(change["new"])
+        self.b.select(change["new"] - 1)
         self.render()
 
     def render(self):
@@ -153,11 +162,14 @@ class BrowserWidget:
         if v["sample"] is None:
             self.sample_box.children = self.train_box.children = self.holdout_box.children = ()
             return
-        self.sample_box.children = (_tile(self.b.samples[v["sample"]], "sample", self.sample_scale),)
-        self.train_box.children = tuple(_tile(self.b.train[n], f"{cap}<br>MSE {m:.4f}", self.scale)
-                                        for n, m, cap in v["train"])
-        self.holdout_box.children = tuple(_tile(self.b.holdout[n], f"{cap}<br>MSE {m:.4f}", self.scale)
-                                          for n, m, cap in v["holdout"])
+        i = v["sample"]
+        self.sample_box.children = (_tile(self.b.samples[i], f"sample {v['position']} of {v['count']}<br>image {i}, "
+                                          f"width {self.b.widths[i]}<br>min MSE {self.b.min_mse[i]:.4f}",
+                                          self.sample_scale),)
+        self.train_box.children = tuple(_tile(self.b.train[n], f"#{r}: {cap}<br>MSE {m:.4f}", self.scale)
+                                        for r, (n, m, cap) in enumerate(v["train"], 1))
+        self.holdout_box.children = tuple(_tile(self.b.holdout[n], f"#{r}: {cap}<br>MSE {m:.4f}", self.scale)
+                                          for r, (n, m, cap) in enumerate(v["holdout"], 1))
 
     def _ipython_display_(self):
         from IPython.display import display
