@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> module exposing cli_configure(parser) and cli_main(args) -> int
@@ -14,10 +15,13 @@ SUBCOMMANDS = {
     "sample": "emojidiff.sampling",
     "evaluate": "emojidiff.evaluate",
 }
+DEBUG_ENV = "EMOJIDIFF_DEBUG"  # =1: show tracebacks of user errors, like --debug
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emojidiff", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of errors (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -27,9 +31,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a bad profile, input or folder state, not a bug: one line, no traceback."""
+    from emojidiff.checkpoint import CheckpointError
+    from emojidiff.config import ConfigError
+    from emojidiff.emoji_sources import EmojiSourceError
+    from emojidiff.runlock import RunLocked
+    from emojidiff.runner import NotebookFailed
+    from emojidiff.train import TrainingDiverged
+
+    return (ConfigError, CheckpointError, TrainingDiverged, RunLocked, NotebookFailed, EmojiSourceError,
+            FileNotFoundError, NotImplementedError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args._module.cli_main(args) or 0)
+    if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return int(args._module.cli_main(args) or 0)
+    try:
+        return int(args._module.cli_main(args) or 0)
+    except user_errors() as e:
+        from emojidiff.config import ConfigError
+
+        kind = "error" if isinstance(e, (ConfigError, FileNotFoundError)) else type(e).__name__
+        print(f"emojidiff {args.command}: {kind}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        print(f"emojidiff {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -12,9 +13,15 @@ from pathlib import Path
 import emojidiff
 from emojidiff.config import Config, load_config, save_resolved
 from emojidiff.layout import RunLayout
+from emojidiff.runlock import RunLocked, run_lock
 
 PACKAGE_DIR = Path(emojidiff.__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parents[1]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colour codes in kernel tracebacks
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
 
 
 class NotebookFailed(RuntimeError):
@@ -86,11 +93,11 @@ def _execute(step: Step, params_path: Path, out_dir: Path, progress: bool) -> No
             cwd=str(step.source.parent), progress_bar=progress, kernel_name="python3",
         )
     except pm.PapermillExecutionError as e:
-        raise NotebookFailed(
+        raise NotebookFailed(strip_ansi(
             f"{step.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
             f"{''.join(e.traceback[-3:]) if e.traceback else ''}\n"
             f"The executed notebook is kept for inspection: {step.output}"
-        ) from None
+        )) from None
 
 
 def run_study(params_path: str | Path, out_dir: str | Path | None = None, force: bool = False,
@@ -106,6 +113,12 @@ def run_study(params_path: str | Path, out_dir: str | Path | None = None, force:
         if unknown:
             raise ValueError(f"--only names no notebook: {', '.join(unknown)} (have: "
                              f"{', '.join(s.name for s in steps)})")
+    with run_lock(out_dir, "the study run (emojidiff run)"):  # its notebooks' kernels inherit the lock
+        return _run_steps(cfg, params_path, out_dir, steps, force, only, progress, log)
+
+
+def _run_steps(cfg: Config, params_path: Path, out_dir: Path, steps: list[Step], force: bool, only, progress: bool,
+               log) -> list[dict]:
     save_resolved(cfg, out_dir)
     code, previous, records = code_digest(), "", []
     log(f"emojidiff run: profile {cfg.name!r} from {params_path} -> {out_dir}")
@@ -149,7 +162,7 @@ def cli_main(args) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"emojidiff run: error: {e}", file=sys.stderr)
         return 2
-    except NotebookFailed as e:
+    except (NotebookFailed, RunLocked) as e:
         print(f"emojidiff run: {e}", file=sys.stderr)
         return 1
     return 0
