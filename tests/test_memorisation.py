@@ -98,7 +98,12 @@ def test_quantile_picks_and_plots():
     man = pd.DataFrame({"name_a": list("abcdef"), "name_b": list("uvwxyz")})
     fig = plot_quantile_examples(s, t, mse, np.arange(5), man, quantiles=(0, 0.5, 1))
     # bottom row, first column: the q=0 sample is index 1, whose nearest training image is 1
-    assert fig.axes[3].get_title() == "b\n+ v"
+    assert fig.axes[3].get_title() == "b + v"
+    mirrored = np.zeros(5, bool)
+    mirrored[1] = True
+    fig = plot_quantile_examples(s, t, mse, np.arange(5), man, quantiles=(0, 0.5, 1), mirrored=mirrored)
+    assert fig.axes[3].get_title() == "b + v (mirror)"
+    np.testing.assert_array_equal(fig.axes[3].get_images()[0].get_array(), t[1][:, ::-1])
     fig = plot_min_mse_histograms({32: mse, 64: mse * 2}, copy_mse=0.005)
     assert "width 32: median 0.3000 (n=5)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     with pytest.raises(ValueError):
@@ -136,3 +141,19 @@ def test_load_sample_sets_reads_every_snapshot_and_says_what_to_run(tmp_path):
     assert [k for _, k, _ in load_sample_sets(layout, [32], snapshots="last")] == [20.0]
     with pytest.warns(UserWarning, match=r"width\(s\) \[64\]"):
         assert len(load_sample_sets(layout, [32, 64])) == 2
+
+
+def test_heldout_probe_counts_mirrors_as_copies_and_hits():
+    train, holdout, _ = _probe_setup()
+    samples = np.concatenate([train[:4, :, ::-1], holdout[:2, :, ::-1]])  # mirrors of training and held-out images
+    probe = heldout_probe(samples, train, holdout, copy_mse=0.005)
+    assert list(probe["outcome"]) == ["copies_train"] * 4 + ["hits_holdout"] * 2
+    assert list(probe["nearest_index"]) == [0, 1, 2, 3, 0, 1] and probe["mirrored"].all()
+    assert np.isfinite(probe["second_mse"]).all() and (probe["ratio"] == 0).all()
+    plain = heldout_probe(samples, train, holdout, copy_mse=0.005, xflip=False)
+    assert (plain["outcome"] == "neither").all()  # random images are far from their own mirrors
+    # a left-right symmetric image: its mirror is itself, so the second nearest must be another image
+    sym = np.concatenate([train[:1, :, :4], train[:1, :, :4][:, :, ::-1]], axis=2)
+    t2 = np.concatenate([sym, train[1:]])
+    p2 = heldout_probe(sym, t2, holdout, copy_mse=0.005)
+    assert p2["nearest_index"][0] == 0 and p2["second_mse"][0] > 0.01

@@ -70,3 +70,28 @@ def test_trace_is_fast_at_dataset_scale():
     t0 = time.perf_counter()
     trace_sample(train[7], train, patch=5)
     assert time.perf_counter() - t0 < 10  # ~0.5 s on a shared 2-core CPU
+
+
+def test_trace_uses_mirrors_and_plots_them_mirrored():
+    faces, images, man, _ = _faces(n=4)
+    sample = images[5][:, ::-1].copy()  # a training image's mirror: a copy under x-flip training
+    tr = trace_sample(sample, images, man, patch=3)
+    assert len(tr.regions) == 1 and tr.regions.loc[0, "index"] == 5 and tr.regions.loc[0, "mirrored"]
+    assert tr.regions.loc[0, "caption"].endswith("(mirror)") and (tr.labels == 5).all()
+    assert tr.patch_mse.max() < 1e-6
+    fig = plot_trace(sample, tr, images)
+    np.testing.assert_array_equal(fig.axes[-1].get_images()[0].get_array(), sample)  # the source, shown mirrored
+    plain = trace_sample(sample, images, man, patch=3, xflip=False)
+    assert not plain.regions["mirrored"].any() and plain.patch_mse.max() > 0.01
+
+
+def test_trace_figure_fits_a_notebook_with_six_sources():
+    rng = np.random.default_rng(4)
+    train = rng.integers(0, 200, (12, 16, 16, 3), dtype=np.uint8)
+    sample = np.concatenate([t[:, 2 * i:2 * i + 2] for i, t in enumerate(train[:8])], axis=1)  # 8 strips
+    tr = trace_sample(sample, train, patch=1, min_share=0.01, xflip=False)
+    assert len(tr.regions) == 6
+    fig = plot_trace(sample, tr, train)
+    width_px = fig.get_size_inches()[0] * fig.dpi
+    assert width_px <= 1000 and len(fig.axes) == 3 + 6 + 1  # wrapped into rows, not one 2,000-px strip
+    assert min(ax.title.get_fontsize() for ax in fig.axes[3:9]) >= 8

@@ -47,3 +47,6 @@ from emojidiff.memorisation import (
     split_images,
 )
 from emojidiff.tracing import plot_trace, trace_sample
+
+# --- create or copy, measured soundly (issue 12) ---
+from emojidiff.copies import classify_samples, control_table, probe_verdict, rate_interval, reference_set

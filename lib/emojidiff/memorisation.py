@@ -78,21 +78,32 @@ def close_mask(min_mse, ratio, copy_mse: float, copy_ratio: float, rule: str = "
 
 
 def heldout_probe(samples: np.ndarray, train: np.ndarray, holdout: np.ndarray, copy_mse: float = 0.005,
-                  copy_ratio: float = 1 / 3, rule: str = "mse") -> pd.DataFrame:
-    """Per sample: its nearest image among training and held-out fusions together, and the outcome."""
+                  copy_ratio: float = 1 / 3, rule: str = "mse", xflip: bool = True) -> pd.DataFrame:
+    """Per sample: its nearest image among training and held-out fusions together (and, with xflip, their mirrors:
+    the reference of emojidiff.copies.reference_set), and the outcome."""
+    from emojidiff.copies import reference_set
+
     if len(holdout) == 0:
         raise ValueError("the held-out probe needs held-out fusions (data.holdout is 0)")
-    pool = np.concatenate([train, holdout])
-    mse, idx = nearest_k(samples, pool, k=2)
+    ref = reference_set(np.concatenate([train, holdout]), xflip)
+    mse, idx = nearest_k(samples, ref.images, k=min(3, len(ref.images)))
+    src = ref.index[idx]
+    # second nearest: the nearest *other* image (an image's own mirror is no second candidate); k=3 suffices since
+    # at most two entries (an image and its mirror) share a source
+    other = src != src[:, :1]
+    other[:, 0] = False
+    has = other.any(1)
+    second = np.where(has, mse[np.arange(len(mse)), other.argmax(1)], np.inf)
     # Gu et al. 2023: L2 distance ratio nearest / second nearest (sqrt of the MSE ratio)
-    ratio = np.sqrt(mse[:, 0] / np.maximum(mse[:, 1], 1e-12))
-    in_train = idx[:, 0] < len(train)
+    ratio = np.sqrt(mse[:, 0] / np.maximum(second, 1e-12))
+    in_train = src[:, 0] < len(train)
     close = close_mask(mse[:, 0], ratio, copy_mse, copy_ratio, rule)
     outcome = np.where(close & in_train, OUTCOMES[0], np.where(close, OUTCOMES[1], OUTCOMES[2]))
     return pd.DataFrame({
         "nearest_set": np.where(in_train, "train", "holdout"),
-        "nearest_index": np.where(in_train, idx[:, 0], idx[:, 0] - len(train)),
-        "min_mse": mse[:, 0], "second_mse": mse[:, 1], "ratio": ratio, "close": close, "outcome": outcome,
+        "nearest_index": np.where(in_train, src[:, 0], src[:, 0] - len(train)),
+        "mirrored": ref.mirrored[idx[:, 0]],
+        "min_mse": mse[:, 0], "second_mse": second, "ratio": ratio, "close": close, "outcome": outcome,
     })
 
 
@@ -115,7 +126,7 @@ def probe_shares(probe: pd.DataFrame, n_train: int, n_holdout: int) -> dict:
 
 def probe_table(sample_sets: Iterable[tuple[int, float | None, np.ndarray]], train: np.ndarray,
                 holdout: np.ndarray, **probe_kwargs) -> pd.DataFrame:
-    """The probe's shares for each (width, kimg, samples) set: one row per width and snapshot."""
+    """The probe's shares for each (width, kimg, samples) set: one row per width and snapshot (mirrors: xflip)."""
     from tqdm.auto import tqdm
 
     rows = []
@@ -157,24 +168,31 @@ def quantile_picks(min_mse, quantiles=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> 
 
 
 def plot_quantile_examples(samples, train, min_mse, nearest_idx, manifest=None,
-                           quantiles=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), title: str | None = None):
-    """Samples at quantiles of the minimum MSE (top row) above their nearest training emoji (bottom row)."""
+                           quantiles=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), title: str | None = None,
+                           mirrored=None):
+    """Samples at quantiles of the minimum MSE (top row) above their nearest training emoji (bottom row; shown
+    mirrored where the nearest reference image was a mirror)."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     picks = quantile_picks(min_mse, quantiles)
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.0 * len(picks), 4.2), squeeze=False)
+    # sized for ~1000 px at notebook width, so 9-pt parent names stay readable
+    fig, axes = plt.subplots(2, len(picks), figsize=(1.45 * len(picks), 4.4), squeeze=False)
     for j, (q, i) in enumerate(zip(quantiles, picks)):
         nn = int(np.asarray(nearest_idx)[i])
+        flip = bool(np.asarray(mirrored)[i]) if mirrored is not None else False
         axes[0, j].imshow(samples[i], interpolation="nearest")
-        axes[0, j].set_title(f"q={q:g}\nMSE {min_mse[i]:.4f}", fontsize=8)
-        axes[1, j].imshow(train[nn], interpolation="nearest")
-        axes[1, j].set_title(describe(manifest, nn, sep="\n+ "), fontsize=6)
+        axes[0, j].set_title(f"q={q:g}\nMSE {min_mse[i]:.4f}", fontsize=9)
+        axes[1, j].imshow(train[nn][:, ::-1] if flip else train[nn], interpolation="nearest")
+        caption = describe(manifest, nn, sep=" + ") + (" (mirror)" if flip else "")
+        axes[1, j].set_title(textwrap.fill(caption, 16), fontsize=8, va="top", y=-0.08)
         for ax in axes[:, j]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_ylabel("sample")
-    axes[1, 0].set_ylabel("nearest train")
-    fig.suptitle(title or "Samples at quantiles of the minimum MSE, above their nearest training emoji", fontsize=9)
+    axes[0, 0].set_ylabel("sample", fontsize=9)
+    axes[1, 0].set_ylabel("nearest train", fontsize=9)
+    fig.suptitle(title or "Samples at quantiles of the minimum MSE, above their nearest training emoji", fontsize=10)
     fig.tight_layout()
     return fig
 

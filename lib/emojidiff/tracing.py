@@ -19,7 +19,8 @@ class Trace:
 
     labels: np.ndarray  # (H, W) training-image index per pixel, -1 for background
     patch_mse: np.ndarray  # (H, W) best patch MSE at each pixel ([-1, 1] scale)
-    regions: pd.DataFrame  # one row per chosen training emoji: index, area share, region MSE, caption
+    regions: pd.DataFrame  # one row per chosen emoji: index, mirrored, ref, area share, region MSE, caption
+    ref_labels: np.ndarray | None = None  # (H, W) reference entry per pixel (mirrors are entries N..2N-1), -1 bg
 
 
 def patch_mse_maps(sample: np.ndarray, train: np.ndarray, patch: int = 5) -> torch.Tensor:
@@ -36,12 +37,16 @@ def patch_mse_maps(sample: np.ndarray, train: np.ndarray, patch: int = 5) -> tor
 
 def trace_sample(sample: np.ndarray, train: np.ndarray, manifest: pd.DataFrame | None = None, patch: int = 5,
                  max_regions: int = 6, min_share: float = 0.03, tol: float = 0.005,
-                 background: int = 245) -> Trace:
+                 background: int = 245, xflip: bool = True) -> Trace:
     """Explain a sample with few training emoji: greedily pick the one nearest (within tol) on the most pixels.
 
-    Stops after max_regions emoji or when the next would explain less than min_share of the face.
+    Candidates are the reference of emojidiff.copies.reference_set: the training images and, with xflip, their
+    mirrors. Stops after max_regions emoji or when the next would explain less than min_share of the face.
     """
-    maps = patch_mse_maps(sample, train, patch)  # (N, H, W)
+    from emojidiff.copies import reference_set
+
+    ref = reference_set(train, xflip)
+    maps = patch_mse_maps(sample, ref.images, patch)  # (R, H, W)
     h, w = maps.shape[1:]
     best, _ = maps.min(0)
     fg = torch.from_numpy(~(sample >= background).all(-1))  # white background is explained by any emoji
@@ -65,72 +70,87 @@ def trace_sample(sample: np.ndarray, train: np.ndarray, manifest: pd.DataFrame |
     if left.any() and chosen:  # seams and leftovers go to the chosen emoji that is nearest there
         sub = torch.tensor(chosen)
         labels[left] = sub[maps[sub].argmin(0)][left]
-    rows = [{"index": n, "pixels": int((labels == n).sum()), "mse": float(maps[n][labels == n].mean())}
-            for n in chosen]
-    regions = pd.DataFrame(rows, columns=["index", "pixels", "mse"])
+    rows = [{"ref": n, "index": int(ref.index[n]), "mirrored": bool(ref.mirrored[n]),
+             "pixels": int((labels == n).sum()), "mse": float(maps[n][labels == n].mean())} for n in chosen]
+    regions = pd.DataFrame(rows, columns=["ref", "index", "mirrored", "pixels", "mse"])
     regions = regions[regions["pixels"] > 0].sort_values("pixels", ascending=False, ignore_index=True)
     regions["share"] = regions["pixels"] / max(int(fg.sum()), 1)
-    regions["caption"] = [describe(manifest, i) for i in regions["index"]]
-    regions["source"] = [_attribute(cand[:, labels == n], manifest, n) for n in regions["index"]]
-    return Trace(labels.numpy(), best.numpy(), regions)
+    regions["caption"] = [describe(manifest, i) + (" (mirror)" if m else "")
+                          for i, m in zip(regions["index"], regions["mirrored"])]
+    regions["source"] = [_attribute(cand[:, labels == n], manifest, n, ref.index) for n in regions["ref"]]
+    ref_labels = labels.numpy()
+    src_labels = np.where(ref_labels >= 0, ref.index[np.maximum(ref_labels, 0)], -1)
+    return Trace(src_labels, best.numpy(), regions, ref_labels)
 
 
-def _attribute(cand_region: torch.Tensor, manifest: pd.DataFrame | None, n: int, support: float = 0.9) -> str:
+def _attribute(cand_region: torch.Tensor, manifest: pd.DataFrame | None, n: int, source: np.ndarray,
+               support: float = 0.9) -> str:
     """Name the parent face a region comes from: what all emoji nearly as near over the region have in common."""
     if manifest is None or "parent_a" not in manifest:
-        return describe(manifest, n)
+        return describe(manifest, int(source[n]))
     near = cand_region.float().mean(1) >= support  # emoji that explain (almost) the whole region equally well
     near[n] = True
-    rows = manifest.iloc[near.nonzero()[:, 0].numpy()]
+    rows = manifest.iloc[np.unique(source[near.nonzero()[:, 0].numpy()])]
     a = rows["name_a"] if "name_a" in rows else rows["parent_a"]
     b = rows["name_b"] if "name_b" in rows else rows["parent_b"]
     if len(rows) > 1 and a.nunique() == 1 and b.nunique() > 1:
         return f"{a.iloc[0]} (face, eyes)"  # fusions A+* share A's base and upper pieces
     if len(rows) > 1 and b.nunique() == 1 and a.nunique() > 1:
         return f"{b.iloc[0]} (mouth)"  # fusions *+B share B's lower pieces
-    return describe(manifest, n)
+    return describe(manifest, int(source[n]))
 
 
 def plot_trace(sample: np.ndarray, trace: Trace, train: np.ndarray, max_legend: int = 6, title: str | None = None):
-    """The sample, its coloured region map with a legend naming the training emoji, the patch-MSE map, the sources."""
+    """The sample, its coloured region map with a legend naming the training emoji, the patch-MSE map, the sources.
+
+    Sized for ~1000 px: the three maps on top, the source emoji below in rows of three (mirrors shown mirrored).
+    """
+    import textwrap
+
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     shown = trace.regions.head(max_legend)
+    refs = shown["ref"] if "ref" in shown and trace.ref_labels is not None else shown["index"]
+    labels = trace.ref_labels if "ref" in shown and trace.ref_labels is not None else trace.labels
     colours = plt.get_cmap("tab10")(np.arange(len(shown)))
     overlay = np.full(trace.labels.shape + (4,), 0.0)
-    for c, n in zip(colours, shown["index"]):
-        overlay[trace.labels == n] = [*c[:3], 0.6]
+    for c, n in zip(colours, refs):
+        overlay[labels == n] = [*c[:3], 0.6]
     other = (trace.labels >= 0) & (overlay[..., 3] == 0)
     overlay[other] = [0.5, 0.5, 0.5, 0.6]
     grey = sample.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8)
 
     k = len(shown)
-    fig, axes = plt.subplots(1, 3 + k, figsize=(2.2 * (3 + k), 3.0), squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(sample, interpolation="nearest")
-    axes[0].set_title("sample", fontsize=8)
-    axes[1].imshow(grey, interpolation="nearest")
-    axes[1].imshow(overlay, interpolation="nearest")
-    axes[1].set_title("nearest emoji per region", fontsize=8)
-    im = axes[2].imshow(trace.patch_mse, cmap="magma", interpolation="nearest")
-    axes[2].set_title("patch MSE (bright: new)", fontsize=8)
-    fig.colorbar(im, ax=axes[2], fraction=0.046)
-    for ax, c, (_, r) in zip(axes[3:], colours, shown.iterrows()):
-        ax.imshow(train[int(r["index"])], interpolation="nearest")
-        ax.set_title(f"{r['caption']}\n{r['share']:.0%} of face, MSE {r['mse']:.3f}", fontsize=6, color=c,
-                     wrap=True)
+    rows = 1 + (k + 2) // 3
+    fig = plt.figure(figsize=(9.0, 3.0 + 2.9 * (rows - 1)))
+    grid = fig.add_gridspec(rows, 3, height_ratios=[3.0] + [2.9] * (rows - 1))
+    top = [fig.add_subplot(grid[0, j]) for j in range(3)]
+    top[0].imshow(sample, interpolation="nearest")
+    top[0].set_title("sample", fontsize=10)
+    top[1].imshow(grey, interpolation="nearest")
+    top[1].imshow(overlay, interpolation="nearest")
+    top[1].set_title("nearest emoji per region", fontsize=10)
+    im = top[2].imshow(trace.patch_mse, cmap="magma", interpolation="nearest")
+    top[2].set_title("patch MSE (bright: new)", fontsize=10)
+    fig.colorbar(im, ax=top[2], fraction=0.046)
+    sources = [fig.add_subplot(grid[1 + j // 3, j % 3]) for j in range(k)]
+    for ax, c, (_, r) in zip(sources, colours, shown.iterrows()):
+        img = train[int(r["index"])]
+        ax.imshow(img[:, ::-1] if r.get("mirrored", False) else img, interpolation="nearest")
+        ax.set_title(textwrap.fill(str(r["caption"]), 34) + f"\n{r['share']:.0%} of face, MSE {r['mse']:.3f}",
+                     fontsize=8, color=c)
         for s in ax.spines.values():
             s.set_edgecolor(c)
             s.set_linewidth(4)
-    for ax in axes:
+    for ax in top + sources:
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Patch(color=c, label=src) for c, src in zip(colours, shown["source"])]
     if other.any():
         handles.append(Patch(color="grey", label="other emoji"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False,
-               title="comes from", title_fontsize=8)
-    fig.suptitle(title or "Component tracing: where each part of the sample comes from", fontsize=9)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False,
+               title="comes from", title_fontsize=9)
+    fig.suptitle(title or "Component tracing: where each part of the sample comes from", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1 if rows > 1 else 0.14, 1, 1))
     return fig
