@@ -17,7 +17,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-venv: $(BIN)/.installed
+# The FID Inception-V3 weights, outside git (lib/emojidiff/inception_weights.py): fetched whenever the file is
+# missing, even when pyproject.toml did not change; offline this prints why and the install goes on.
+WEIGHTS_DIR := $(or $(EMOJIDIFF_WEIGHTS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/emojidiff/inception)
+INCEPTION := $(WEIGHTS_DIR)/inception-2015-12-05-torch-fidelity.safetensors
+.PHONY: inception-weights
+$(INCEPTION): | $(BIN)/.installed
+	$(BIN)/python -m emojidiff.inception_weights fetch
+
+inception-weights: $(INCEPTION)
+
+venv: $(BIN)/.installed inception-weights
 
 run: venv
 	$(RUN_ENV) $(BIN)/emojidiff run --params $(PARAMS) $(ARGS)
