@@ -81,7 +81,7 @@ def test_ema_beta_follows_edm_halflife_with_rampup():
 def test_precision_choice():
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
-    assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    # "auto" by the CPU flags and CUDA support: test_auto_precision_follows_the_cpu_flags
 
 
 def test_training_writes_checkpoints_logs_grids_and_ramps_lr(tmp_path):
@@ -180,3 +180,119 @@ def test_cli_trains_the_smoke_profile_on_the_real_dataset(tmp_path, capsys):
     _, meta = ckpt.load(sorted((tmp_path / "run" / "train" / "w16").glob("ckpt-*.json"))[-1])
     assert meta["step"] == 2 and 0.5 < meta["sigma_data"] < 0.8  # measured on the fusions (about 0.67)
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+# --- issue 17: tests that catch silent training bugs (flip, scaling, clipping, EMA, bf16, retention) ---
+
+
+def _noise_images(n: int = 24, size: int = 32) -> np.ndarray:
+    """Random pixels: no symmetry, so a flipped image differs from the original everywhere."""
+    return np.random.default_rng(7).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_one_step_matches_a_hand_computed_update(tmp_path):
+    # Step 2 recomputed from checkpoint 1: x-flip, [-1, 1] scaling, gradient clipping, Adam with the ramped lr,
+    # and the EMA update with its half-life beta (no ramp-up, so beta is far from 0).
+    cfg = tiny_config(duration_kimg=0.016, checkpoint_kimg=0.008, snapshot_kimg=0.016, grad_clip=0.01,
+                      ema_rampup_ratio=None)
+    images = _noise_images()
+    torch.set_num_threads(1)
+    train_width(config_from_dict(cfg), RunLayout(tmp_path), 8, images=images, progress=False)
+    run = tmp_path / "train" / "w8"
+    t1, m1 = ckpt.load(run / "ckpt-00000001.json")
+    t2, m2 = ckpt.load(run / "ckpt-00000002.json")
+    tc = config_from_dict(cfg).train
+    B = tc.batch_size
+    net = emojidiff.build_denoiser(config_from_dict(cfg).model, 8, 32, m1["sigma_data"]).train()
+    ema = make_ema(net)
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
+    gen = torch.Generator()
+    ckpt.restore_state(t1, m1, net, ema, opt, {"noise": gen})
+    idx, _, _ = next_indices(len(images), B, cfg["seed"], m1["epoch"], m1["pos"])
+    flip = torch.rand(B, generator=gen) < 0.5
+    rnd_normal, noise = torch.randn(B, 1, 1, 1, generator=gen), torch.randn(B, 3, 32, 32, generator=gen)
+    assert 0 < int(flip.sum()) < B  # this batch has flipped and unflipped images
+    y = torch.from_numpy(images[idx.numpy()]).permute(0, 3, 1, 2).double() / 127.5 - 1
+    y = torch.where(flip[:, None, None, None], y.flip(3), y).float()
+    loss = emojidiff.edm_loss(net, y, tc.P_mean, tc.P_std, m1["sigma_data"], rnd_normal=rnd_normal,
+                              noise=noise).mean()
+    loss.backward()
+    norm = torch.cat([p.grad.flatten() for p in net.parameters()]).norm()
+    assert norm > 4 * tc.grad_clip  # clipping is active
+    with torch.no_grad():
+        for p in net.parameters():
+            p.grad *= tc.grad_clip / (norm + 1e-6)
+    for g in opt.param_groups:
+        g["lr"] = tc.lr * 2 * B / (tc.lr_rampup_kimg * 1000)
+    opt.step()
+    got = {k[4:]: v for k, v in t2.items() if k.startswith("net.")}
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(got[k], v, msg=f"net.{k}: the step differs from the hand-computed one")
+    beta = 0.5 ** (B / (tc.ema_halflife_kimg * 1000))  # about 0.95
+    for k, v in got.items():
+        want = beta * t1[f"ema.{k}"] + (1 - beta) * v
+        torch.testing.assert_close(t2[f"ema.{k}"], want, msg=f"ema.{k}: not the EMA of the raw weights")
+
+
+def test_bf16_training_really_autocasts_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    train_mod = sys.modules["emojidiff.train"]
+    seen = []
+    real = train_mod.batch_loss
+
+    def recording(*a, **k):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "batch_loss", recording)
+    full = _run(tiny_config(duration_kimg=0.08, precision="bf16"), RunLayout(tmp_path / "full"))
+    assert full["precision"] == "bf16" and seen and all(seen)
+    fp32 = _run(tiny_config(duration_kimg=0.08, precision="fp32"), RunLayout(tmp_path / "fp32"))
+    loss_bf16 = read_metrics(full["train_dir"])["loss"].iloc[0]
+    loss_fp32 = read_metrics(fp32["train_dir"])["loss"].iloc[0]
+    assert abs(loss_bf16 - loss_fp32) > 2e-6 * loss_fp32  # bf16 rounding shows (about 1e-5 here)
+    assert full["net_sha256"] != fp32["net_sha256"]
+    part = RunLayout(tmp_path / "part")
+    _run(tiny_config(duration_kimg=0.04, precision="bf16"), part)
+    with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
+        resumed = _run(tiny_config(duration_kimg=0.08, precision="bf16"), part)
+    assert resumed["resumed_from"].endswith("ckpt-00000005.json")
+    assert resumed["net_sha256"] == full["net_sha256"] and resumed["ema_sha256"] == full["ema_sha256"]
+
+
+def test_a_longer_run_leaves_exactly_the_retained_files(tmp_path):
+    # 40 steps, a checkpoint and a snapshot every 5: the latest two checkpoints, and the snapshots thinned to
+    # a doubling series (keep 3: after ordinals 1..8 only 4 and 8 survive, i.e. steps 20 and 40).
+    cfg = tiny_config(duration_kimg=0.32, checkpoint_kimg=0.04, snapshot_kimg=0.04, max_snapshots=3)
+    s = _run(cfg, RunLayout(tmp_path))
+    assert s["steps"] == 40
+    files = sorted(p.name for p in Path(s["train_dir"]).iterdir())
+    want = [f"{kind}-{step:08d}.{ext}" for kind, steps, exts in
+            [("ckpt", (35, 40), ("json", "safetensors")), ("ema", (20, 40), ("json", "png", "safetensors"))]
+            for step in steps for ext in exts]
+    assert files == sorted([*want, "metrics.jsonl"])
+
+
+@pytest.mark.parametrize("flags, capability, want", [
+    ("fpu avx2 avx512f avx512_bf16", "AVX512", torch.bfloat16),  # Zen 4 / Cooper Lake: native bf16 dot products
+    ("fpu avx2 avx512f amx_bf16 amx_tile", "AVX512", torch.bfloat16),  # Sapphire Rapids: AMX
+    ("fpu avx2 avx512f", "AVX512", None),  # AVX-512 without bf16: emulated bf16 is slower than fp32
+    ("fpu avx2 avx512_bf16", "AVX2", None),  # the flag, but torch was not built to use it
+    (None, "AVX512", None),  # no /proc/cpuinfo (not Linux)
+])
+def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, capability, want):
+    real = Path.read_text
+
+    def fake(self, *a, **k):
+        if str(self) != "/proc/cpuinfo":
+            return real(self, *a, **k)
+        if flags is None:
+            raise OSError("no such file")
+        return f"processor\t: 0\nflags\t\t: {flags}\n"
+
+    monkeypatch.setattr(Path, "read_text", fake)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert resolve_precision("auto", torch.device("cpu")) is want
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda")) is None
