@@ -62,15 +62,23 @@ def run_lock(folder: str | Path, task: str = "training"):
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {task}\n".encode(), 0)
     _held[folder] = 1
-    os.environ[ENV] = os.pathsep.join(str(p) for p in {*_inherited(), *_held})
+    _publish([*_inherited(), *_held])
     try:
         yield folder
     finally:
         _release_count(folder)
         if folder not in _held:
-            os.environ[ENV] = os.pathsep.join(str(p) for p in _inherited() if p != folder)
+            _publish([p for p in _inherited() if p != folder])
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _publish(folders: list[Path]) -> None:
+    """Tell child processes which folders are held for them (os.environ is what they inherit)."""
+    if folders:
+        os.environ[ENV] = os.pathsep.join(sorted({str(p) for p in folders}))
+    else:
+        os.environ.pop(ENV, None)
 
 
 def _release_count(folder: Path) -> None:
