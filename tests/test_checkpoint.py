@@ -135,3 +135,68 @@ def test_a_safetensors_file_whose_first_byte_looks_like_pickle_still_loads(tmp_p
         raise AssertionError("no header length with a low byte of 0x80 was reached")
     tensors, _ = ckpt.load(path)
     assert torch.equal(tensors["a" * (1 + pad)], torch.arange(3.0))
+
+
+# --- issue 17: a writer killed before its rename, and a removal killed half way ---
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("failure", ["rename fails", "killed mid-write"])
+def test_a_writer_killed_before_its_rename_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch, failure):
+    import os
+    from pathlib import Path
+
+    path = ckpt.save(tmp_path / "ckpt-00000001", {"a": torch.zeros(1000)}, {"step": 1})
+    before = _files(tmp_path)
+    if failure == "rename fails":
+        def boom(*a, **k):
+            raise OSError("killed before the rename")
+
+        monkeypatch.setattr(os, "replace", boom)
+        monkeypatch.setattr(os, "rename", boom)
+    else:
+        real = ckpt.save_file
+
+        def torn(tensors, filename, *a, **k):  # half the bytes reach the disk, then the process dies
+            real(tensors, filename, *a, **k)
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[: len(data) // 2])
+            raise OSError("killed mid-write")
+
+        monkeypatch.setattr(ckpt, "save_file", torn)
+    with pytest.raises(OSError, match="killed"):
+        ckpt.save(tmp_path / "ckpt-00000001", {"a": torch.ones(1000)}, {"step": 2})
+    monkeypatch.undo()
+    assert _files(tmp_path) == before  # the destination never held the new (or partial) bytes
+    tensors, meta = ckpt.load(path)
+    assert meta["step"] == 1 and torch.equal(tensors["a"], torch.zeros(1000))
+
+
+def test_remove_killed_half_way_leaves_no_commit_marker_without_tensors(tmp_path, monkeypatch):
+    import os
+    import warnings
+
+    ckpt.save(tmp_path / "ckpt-00000001", {"a": torch.zeros(10)}, {"step": 1})
+    path = ckpt.save(tmp_path / "ckpt-00000002", {"a": torch.ones(10)}, {"step": 2})
+    real, calls = os.unlink, []
+
+    def dies_after_one(p, *a, **k):
+        calls.append(os.path.basename(p))
+        if len(calls) > 1:
+            raise OSError("killed between the two deletions")
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", dies_after_one)
+    monkeypatch.setattr(os, "remove", dies_after_one)
+    with pytest.raises(OSError, match="killed"):
+        ckpt.remove(path)
+    monkeypatch.undo()
+    assert calls[0] == "ckpt-00000002.json"  # the commit marker went first
+    assert not path.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing half-deleted is even looked at
+        _, meta = ckpt.latest_good(tmp_path)
+    assert meta["step"] == 1
