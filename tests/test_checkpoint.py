@@ -137,6 +137,75 @@ def test_a_safetensors_file_whose_first_byte_looks_like_pickle_still_loads(tmp_p
     assert torch.equal(tensors["a" * (1 + pad)], torch.arange(3.0))
 
 
+def test_a_safetensors_file_truncated_inside_its_header_is_called_truncated_not_a_pickle(tmp_path):
+    for pad in range(300):  # a header length whose low byte is 0x80, the pickle magic
+        path = ckpt.save(tmp_path / "ckpt-00000001", {"a" * (1 + pad): torch.arange(3.0)}, {"step": 1})
+        if (tmp_path / "ckpt-00000001.safetensors").read_bytes()[:1] == b"\x80":
+            break
+    tensors = tmp_path / "ckpt-00000001.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:40])  # cut inside the JSON header
+    with pytest.raises(ckpt.CheckpointError, match=r"ckpt-00000001\.safetensors: truncated inside its safetensors "
+                                                   r"header") as info:
+        ckpt.load(path)
+    assert "pickle" not in str(info.value)
+    tensors.write_bytes(b"\x80\x04")  # cut inside the length field
+    with pytest.raises(ckpt.CheckpointError, match=r"truncated \(2 bytes"):
+        ckpt.load(path)
+
+
+def _corrupt(json_path):
+    tensors = json_path.with_suffix(".safetensors")
+    tensors.write_bytes(tensors.read_bytes()[:-7])
+
+
+def test_cleanup_keeps_the_newest_two_that_verify_and_moves_unreadable_ones_to_bad(tmp_path):
+    for step in range(1, 6):
+        ckpt.save(tmp_path / f"ckpt-{step:08d}", {"a": torch.full((100,), float(step))}, {"step": step})
+    _corrupt(tmp_path / "ckpt-00000004.json")
+    (tmp_path / "ckpt-00000003.json").write_text("{torn")
+    with pytest.warns(UserWarning) as rec:
+        ckpt.prune(tmp_path, keep=2)
+    assert [str(w.message).split(":")[0] for w in rec] == [
+        f"unreadable checkpoint ckpt-0000000{s}.json moved to {tmp_path / 'bad'}" for s in (4, 3)]
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.json")) == ["ckpt-00000002.json", "ckpt-00000005.json"]
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == [
+        "ckpt-00000003.json", "ckpt-00000003.safetensors", "ckpt-00000004.json", "ckpt-00000004.safetensors"]
+
+
+def test_latest_good_can_move_every_unreadable_checkpoint_aside_and_says_none_is_usable(tmp_path):
+    for step in (1, 2):
+        _corrupt(ckpt.save(tmp_path / f"ckpt-{step:08d}", {"a": torch.zeros(100)}, {"step": step}))
+    with pytest.warns(UserWarning) as rec:
+        assert ckpt.latest_good(tmp_path, move_bad=True) is None
+    said = [str(w.message) for w in rec]
+    assert "ckpt-00000002.json" in said[0] and said[0].endswith("falling back to the previous one")
+    assert "ckpt-00000001.json" in said[2] and "checksum mismatch" in said[2]
+    assert said[2].endswith("no usable checkpoint is left") and "moved to" in said[1] + said[3]
+    assert not list(tmp_path.glob("ckpt-*")) and len(list((tmp_path / "bad").glob("ckpt-*"))) == 4
+
+
+def test_orphaned_temporary_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {f".ckpt-00000005.safetensors.tmp{dead.pid}": False, f".kimg0.5-n4.tmp{dead.pid}.npz": False,
+                 f".ckpt-00000010.json.tmp{alive.pid}": True, f".ema-00000010.json.tmp{os.getpid()}": True,
+                 "ckpt-00000005.json": True}
+        for name in names:
+            (tmp_path / name).write_text("x")
+        gone = ckpt.remove_orphans(tmp_path)
+        assert sorted(p.name for p in gone) == sorted(n for n, keep in names.items() if not keep)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, keep in names.items() if keep)
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 # --- issue 17: a writer killed before its rename, and a removal killed half way ---
 
 
