@@ -112,6 +112,7 @@ def test_probe_verdict_line():
     assert cp.probe_verdict(50, 500, 0.1).startswith("consistent with a generaliser")
     assert cp.probe_verdict(0, 500, 0.1).startswith("consistent with a memoriser")
     assert cp.probe_verdict(0, 5, 0.1).startswith("undecided at this sample count")
+    assert "no sample lands" in cp.probe_verdict(0, 0, 0.1)
     assert cp.probe_verdict(1, 20, 0.1).startswith("undecided at this sample count")  # CI [0.9%, 23.6%]
     assert cp.probe_verdict(60, 100, 0.1).startswith("not a draw of the data")
     assert cp.probe_verdict(10, 500, 0.1).startswith("between a memoriser and a generaliser")

@@ -127,10 +127,12 @@ def probe_verdict(hits: int, close: int, holdout_share: float, memoriser_fractio
     A generaliser lands on held-out fusions as often as they occur in the data (holdout_share); a memoriser at most
     memoriser_fraction of that (it copies training images, which the split keeps away from held-out ones).
     """
+    if close == 0:
+        return f"undecided at this sample count: no sample lands on a real fusion ({holdout_share:.1%} held out)"
     lo, hi = rate_interval(hits, close)
     gen = lo <= holdout_share <= hi
     mem = lo <= memoriser_fraction * holdout_share
-    what = (f"held-out share of the {close} samples on a real fusion {hits / close if close else float('nan'):.1%} "
+    what = (f"held-out share of the {close} samples on a real fusion {hits / close:.1%} "
             f"[95% CI {lo:.1%}, {hi:.1%}] vs {holdout_share:.1%} of the data")
     if gen and not mem:
         return f"consistent with a generaliser: {what}"
@@ -223,3 +225,118 @@ def control_table(dataset, xflip: bool = True, thresholds: Thresholds | None = N
     rows = [{"set": name, **summarise(classify_samples(x, dataset, xflip, thresholds), share)}
             for name, x in sets.items() if len(x)]
     return pd.DataFrame(rows)
+
+
+def verdict_table(sample_sets, dataset, xflip: bool = True, thresholds: Thresholds | None = None) -> pd.DataFrame:
+    """Rates with intervals for each (width, kimg, samples) set: one row per width and snapshot."""
+    from tqdm.auto import tqdm
+
+    thresholds = thresholds or choose_thresholds(dataset, xflip)
+    share = holdout_share(dataset)
+    rows = [{"set": f"width {w}", "width": w, "kimg": k,
+             **summarise(classify_samples(s, dataset, xflip, thresholds), share)}
+            for w, k, s in tqdm(list(sample_sets), desc="copy verdicts")]
+    return pd.DataFrame(rows)
+
+
+def plot_rates(table: pd.DataFrame, title: str | None = None):
+    """Copy, unseen-fusion and neither rates with 95% intervals, one group of bars per row of `table` (by `set`)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(table) + 2), 3.6))
+    x = np.arange(len(table))
+    for j, (v, c) in enumerate(zip(VERDICTS, ["tab:red", "tab:green", "tab:gray"])):
+        rate = table[f"{v}_rate"].to_numpy()
+        err = np.stack([rate - table[f"{v}_lo"].to_numpy(), table[f"{v}_hi"].to_numpy() - rate])
+        ax.bar(x + (j - 1) * 0.27, rate, 0.27, yerr=err, capsize=3, color=c, label=v)
+    ax.set_xticks(x, [f"{s}\n(n={n})" for s, n in zip(table["set"], table["n"])], fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of samples (95% Wilson interval)")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    ax.set_title(title or "Copies, unseen fusions, neither: controls beside the model", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_holdout_of_close(table: pd.DataFrame):
+    """The held-out share among samples on a real fusion over training, per width, with intervals and the data's."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for (w, rows), c in zip(table.groupby("width"), plt.get_cmap("tab10").colors):
+        rows = rows.sort_values("kimg")
+        ax.plot(rows["kimg"], rows["holdout_of_close"], "o-", color=c, label=f"width {w}")
+        ax.fill_between(rows["kimg"], rows["holdout_of_close_lo"], rows["holdout_of_close_hi"], color=c, alpha=0.2)
+    ax.axhline(table["holdout_share"].iloc[0], color="k", ls="--", label="held-out share of the data (generaliser)")
+    ax.set_xlabel("training progress (kimg)")
+    ax.set_ylabel("held-out share of copies + hits")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Do samples land on fusions the model never saw? (95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def twin_distances(dataset, xflip: bool = True) -> pd.DataFrame:
+    """Each held-out image's nearest training image (mirrors included): held-out index, train index, MSE, mirror."""
+    mse, idx, mir = reference_set(dataset.train_images(), xflip).nearest(dataset.holdout_images())
+    return pd.DataFrame({"holdout_index": np.arange(len(mse)), "train_index": idx, "mse": mse, "mirrored": mir})
+
+
+def threshold_pairs(dataset, xflip: bool = True, n: int = 4) -> pd.DataFrame:
+    """Pairs of images either side of the twin threshold: the n farthest linked twins and the n nearest unlinked."""
+    from emojidiff.dataset import twin_pairs
+
+    twin = (dataset.info.get("split_rule") or {}).get("twin_mse", 0.003)
+    pairs = twin_pairs(dataset.images, 2 * twin, mirrors=xflip)
+    x = dataset.images.astype(np.float64) / 127.5 - 1
+    direct = ((x[pairs[:, 0]] - x[pairs[:, 1]]) ** 2).mean((1, 2, 3))
+    mirror = ((x[pairs[:, 0]] - x[pairs[:, 1]][:, :, ::-1]) ** 2).mean((1, 2, 3)) if xflip else direct + np.inf
+    t = pd.DataFrame({"a": pairs[:, 0], "b": pairs[:, 1], "mse": np.minimum(direct, mirror),
+                      "mirrored": mirror < direct})
+    below = t[t["mse"] < twin].nlargest(n, "mse")
+    above = t[t["mse"] >= twin].nsmallest(n, "mse")
+    return pd.concat([below.assign(linked=True), above.assign(linked=False)], ignore_index=True)
+
+
+def plot_twin_distances(dist: pd.DataFrame, twin_mse: float, copy_mse: float | None = None, bins: int = 50):
+    """Histogram of held-out images' nearest-training MSE (log scale) with the twin threshold marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    v = np.maximum(dist["mse"].to_numpy(), 1e-5)
+    ax.hist(v, bins=np.geomspace(min(v.min(), twin_mse) * 0.9, v.max() * 1.1, bins), color="tab:blue")
+    ax.axvline(twin_mse, color="k", ls="--", label=f"twin threshold {twin_mse:g}")
+    if copy_mse is not None:
+        ax.axvline(copy_mse, color="tab:red", ls=":", label=f"copy threshold {copy_mse:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("MSE to the nearest training image or mirror ([-1, 1] scale)")
+    ax.set_ylabel("held-out images")
+    ax.legend(fontsize=8)
+    ax.set_title(f"How far is each held-out image from training? (n={len(v)}, median {np.median(v):.4f})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_threshold_pairs(pairs: pd.DataFrame, images: np.ndarray, manifest: pd.DataFrame | None = None):
+    """Image pairs either side of the twin threshold, one pair per column (the second shown mirrored if matched so)."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    from emojidiff.memorisation import describe
+
+    fig, axes = plt.subplots(2, max(len(pairs), 1), figsize=(1.3 * max(len(pairs), 1) + 0.6, 4.6), squeeze=False)
+    for j, r in enumerate(pairs.itertuples()):
+        b = images[r.b][:, ::-1] if r.mirrored else images[r.b]
+        for i, (img, k) in enumerate([(images[r.a], r.a), (b, r.b)]):
+            axes[i, j].imshow(img, interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            axes[i, j].set_xlabel(textwrap.fill(describe(manifest, k), 18), fontsize=7)
+        axes[0, j].set_title(f"{'twins' if r.linked else 'not twins'}\nMSE {r.mse:.5f}" +
+                             (" (mirror)" if r.mirrored else ""), fontsize=8)
+    fig.suptitle("Either side of the twin threshold", fontsize=10)
+    fig.tight_layout()
+    return fig
