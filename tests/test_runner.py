@@ -101,3 +101,74 @@ def test_only_names_must_exist(study):
     records = run_study(params, out, notebooks_dir=nbs, only=["02"], progress=False, log=lambda *_: None)
     assert [r["status"] for r in records] == ["skipped", "ran"]
     assert json.loads((out / "run_log.json").read_text())[1]["step"] == "02_second"
+
+
+# --- issue 17: what a change redoes, checked without executing notebooks ---
+
+
+@pytest.fixture
+def three_steps(tmp_path, repo, monkeypatch):
+    """Three notebooks whose execution is only recorded (papermill is not run), and a profile."""
+    from emojidiff import runner
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    for name in ("01_data", "02_train", "03_eval"):
+        _notebook(nbs / f"{name}.ipynb", f"print({name!r})")
+    params = tmp_path / "p.yaml"
+    params.write_text((repo / "params/smoke.yaml").read_text())
+    ran = []
+
+    def execute(step, params_path, out_dir, progress):
+        ran.append(step.name)
+        step.output.parent.mkdir(parents=True, exist_ok=True)
+        step.output.write_text("{}")
+
+    monkeypatch.setattr(runner, "_execute", execute)
+
+    def run():
+        n = len(ran)
+        run_study(params, tmp_path / "out", notebooks_dir=nbs, progress=False, log=lambda *_: None)
+        return ran[n:]
+
+    return nbs, run
+
+
+def _edit(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[1].source += "\n# edited"
+    nbformat.write(nb, notebook)
+
+
+def test_editing_notebook_01_redoes_the_steps_after_it(three_steps):
+    nbs, run = three_steps
+    assert run() == ["01_data", "02_train", "03_eval"]
+    assert run() == []
+    _edit(nbs / "01_data.ipynb")  # new data: the training and evaluation built on it are stale
+    assert run() == ["01_data", "02_train", "03_eval"]
+    _edit(nbs / "02_train.ipynb")
+    assert run() == ["02_train", "03_eval"]
+    _edit(nbs / "03_eval.ipynb")
+    assert run() == ["03_eval"]
+
+
+def test_a_change_to_the_package_code_or_data_redoes_every_step(three_steps, tmp_path, monkeypatch):
+    import shutil
+
+    from emojidiff import runner
+
+    pkg = tmp_path / "lib" / "emojidiff"  # a copy of the package to edit
+    shutil.copytree(runner.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "PACKAGE_DIR", pkg)
+    _, run = three_steps
+    assert run() == ["01_data", "02_train", "03_eval"]
+    assert run() == []
+    before = runner.code_digest()
+    with open(pkg / "ema.py", "a") as f:
+        f.write("# a change to one module\n")
+    assert runner.code_digest() != before
+    assert run() == ["01_data", "02_train", "03_eval"]
+    faces = pkg / "data" / "faces.json"
+    faces.write_text(faces.read_text() + "\n")  # shipped data count too
+    assert run() == ["01_data", "02_train", "03_eval"]
+    assert run() == []
