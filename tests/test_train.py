@@ -163,6 +163,13 @@ def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted_run(tmp_pa
         assert torch.equal(ref[k], got[k]), f"{k} differs after resume (killed after step {killed_at})"
     steps = read_metrics(run_dir)["step"].tolist()
     assert steps == read_metrics(tmp_path / "ref" / "train" / "w8")["step"].tolist()  # no duplicated log lines
+    assert not list((tmp_path / "killed").rglob(".*.tmp*"))  # a killed write's temporary file was removed
+    assert _log(run_dir) == _log(tmp_path / "ref" / "train" / "w8"), f"killed after step {killed_at}"
+
+
+def _log(train_dir: Path) -> list[dict]:
+    """metrics.jsonl less its wall-clock fields: what must not change when a run is killed and resumed."""
+    return read_metrics(train_dir).drop(columns=["img_per_s", "wall_s"]).to_dict("records")
 
 
 def test_cli_trains_the_smoke_profile_on_the_real_dataset(tmp_path, capsys):
@@ -296,3 +303,60 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, capability, wa
     assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", torch.device("cuda")) is None
+
+
+def test_a_folder_whose_checkpoints_are_all_unreadable_says_so_and_keeps_its_log(tmp_path):
+    part = RunLayout(tmp_path / "part")
+    first = _run(tiny_config(duration_kimg=0.08), part)  # checkpoints at steps 5 and 10
+    out = part.train(8)
+    for p in out.glob("ckpt-*.safetensors"):
+        p.write_bytes(p.read_bytes()[:-9])
+    log = (out / "metrics.jsonl").read_bytes()
+    with pytest.warns(UserWarning) as rec:
+        with pytest.raises(ckpt.CheckpointError, match=r"w8: no usable checkpoint .*pass --no-resume"):
+            _run(tiny_config(duration_kimg=0.08), part)
+    assert str(rec[-1].message).endswith("no usable checkpoint is left")
+    assert (out / "metrics.jsonl").read_bytes() == log  # not erased by a silent restart
+    assert sorted(p.name for p in (out / "bad").iterdir()) == [
+        "ckpt-00000005.json", "ckpt-00000005.safetensors", "ckpt-00000010.json", "ckpt-00000010.safetensors"]
+    again = _run(tiny_config(duration_kimg=0.08), part, resume=False)  # the user chooses to start over
+    assert again["resumed_from"] is None and again["net_sha256"] == first["net_sha256"]
+
+
+@pytest.mark.filterwarnings("ignore:resuming.*changed train settings")  # the part run was shorter
+def test_unreadable_newer_checkpoints_are_moved_aside_and_never_make_cleanup_delete_good_ones(tmp_path):
+    ref = _run(tiny_config(duration_kimg=0.12), RunLayout(tmp_path / "ref"))
+    part = RunLayout(tmp_path / "part")
+    _run(tiny_config(duration_kimg=0.08), part)  # checkpoints at steps 5 and 10
+    out = part.train(8)
+    for step in (98, 99):  # e.g. left by a crashed run with other settings, or damaged on disk
+        (out / f"ckpt-{step:08d}.json").write_text("{not json")
+        (out / f"ckpt-{step:08d}.safetensors").write_bytes(b"\0" * 64)
+    with pytest.warns(UserWarning) as rec:
+        resumed = _run(tiny_config(duration_kimg=0.12), part)
+    said = [str(w.message) for w in rec if "bad checkpoint" in str(w.message)]
+    assert [m.split(":")[0] for m in said] == ["skipping bad checkpoint ckpt-00000099.json",
+                                               "skipping bad checkpoint ckpt-00000098.json"]
+    assert all(f"moved to {out / 'bad'}; falling back to the previous one" in m for m in said)
+    assert resumed["resumed_from"].endswith("ckpt-00000010.json") and resumed["net_sha256"] == ref["net_sha256"]
+    assert sorted(p.name for p in out.glob("ckpt-*.json")) == ["ckpt-00000010.json", "ckpt-00000015.json"]
+    assert sorted(p.name for p in (out / "bad").glob("*.json")) == ["ckpt-00000098.json", "ckpt-00000099.json"]
+
+
+@pytest.mark.filterwarnings("ignore:resuming.*changed train settings")
+def test_a_torn_metrics_line_and_orphaned_temporary_files_are_cleaned_up_at_resume(tmp_path):
+    ref = RunLayout(tmp_path / "ref")
+    _run(tiny_config(duration_kimg=0.12), ref)
+    part = RunLayout(tmp_path / "part")
+    _run(tiny_config(duration_kimg=0.08), part)
+    out = part.train(8)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 20, "kimg": 0.1')  # a write torn by a crash or a full disk
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = out / f".ckpt-00000015.safetensors.tmp{dead.pid}"
+    orphan.write_bytes(b"\0" * 1000)
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: skipped unreadable line\(s\) 2 \(a torn write\?\)"):
+        _run(tiny_config(duration_kimg=0.12), part)
+    assert not orphan.exists() and not list(out.glob(".*.tmp*"))
+    assert _log(out) == _log(ref.train(8))  # same steps and the same mean losses as the uninterrupted run

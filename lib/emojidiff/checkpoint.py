@@ -130,15 +130,14 @@ def _sorted(train_dir: Path, prefix: str) -> list[Path]:
     return sorted(Path(train_dir).glob(f"{prefix}-*.json"))
 
 
-def move_aside(json_path: Path, reason: str) -> Path:
-    """Move an unreadable checkpoint (json and tensors) into bad/ beside it, with a warning; returns bad/."""
+def move_aside(json_path: Path) -> Path:
+    """Move an unreadable checkpoint (json and tensors) into bad/ beside it; returns bad/."""
     json_path = Path(json_path)
     bad = json_path.parent / "bad"
     bad.mkdir(exist_ok=True)
     for p in (json_path, json_path.with_suffix(".safetensors")):
         if p.exists():
             shutil.move(str(p), bad / p.name)
-    warnings.warn(f"unreadable checkpoint {json_path.name} moved to {bad}: {reason}", stacklevel=3)
     return bad
 
 
@@ -153,9 +152,8 @@ def latest_good(train_dir: str | Path, prefix: str = "ckpt", move_bad: bool = Fa
             return load(json_path)
         except CheckpointError as e:
             then = "falling back to the previous one" if i else "no usable checkpoint is left"
-            warnings.warn(f"skipping bad checkpoint {json_path.name}: {e}; {then}", stacklevel=2)
-            if move_bad:
-                move_aside(json_path, str(e))
+            moved = f"moved to {move_aside(json_path)}; " if move_bad else ""
+            warnings.warn(f"skipping bad checkpoint {json_path.name}: {e}; {moved}{then}", stacklevel=2)
     return None
 
 
@@ -170,7 +168,7 @@ def prune(train_dir: str | Path, prefix: str = "ckpt", keep: int = 2) -> None:
             read_meta(json_path)
             good += 1
         except CheckpointError as e:
-            move_aside(json_path, str(e))
+            warnings.warn(f"unreadable checkpoint {json_path.name} moved to {move_aside(json_path)}: {e}", stacklevel=2)
 
 
 def latest_good_snapshot(train_dir: str | Path) -> tuple[float, Path] | None:
