@@ -128,3 +128,35 @@ def test_controls_give_the_right_verdict_lines(small):
     mem = cp.memoriser_control(small, seed=2)
     line = cp.summarise(cp.classify_samples(mem, small, thresholds=th), share)["verdict_line"]
     assert line.startswith("consistent with a memoriser"), line
+
+
+def test_verdict_table_and_figures(small):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    mem = cp.memoriser_control(small, n=20, seed=3)
+    held = cp.generaliser_control(small)
+    t = cp.verdict_table([(16, 1.0, mem), (16, 2.0, held), (32, 2.0, np.concatenate([mem, held]))], small)
+    assert list(t["width"]) == [16, 16, 32] and list(t["n"]) == [20, len(held), 20 + len(held)]
+    assert t.loc[0, "copy_rate"] == 1 and t.loc[1, "unseen_fusion_rate"] == 1
+    assert t.loc[2, "holdout_of_close"] == pytest.approx(len(held) / (20 + len(held)))
+    assert len(cp.plot_rates(t).axes) == 1 and len(cp.plot_holdout_of_close(t).axes) == 1
+
+
+def test_twin_distances_and_threshold_pairs(small):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    twin = small.info["split_rule"]["twin_mse"]
+    d = cp.twin_distances(small)
+    assert len(d) == len(small.holdout_images()) and (d["mse"] >= twin).all()
+    pairs = cp.threshold_pairs(small, n=3)
+    assert (pairs.loc[pairs.linked, "mse"] < twin).all() and (pairs.loc[~pairs.linked, "mse"] >= twin).all()
+    groups = small.manifest["twin_group"].to_numpy()
+    linked = pairs[pairs.linked]
+    assert (groups[linked["a"]] == groups[linked["b"]]).all()  # pairs under the threshold share a group
+    x = small.images.astype(np.float64) / 127.5 - 1
+    r = pairs.iloc[0]
+    other = x[r.b][:, ::-1] if r.mirrored else x[r.b]
+    assert ((x[r.a] - other) ** 2).mean() == pytest.approx(r.mse)
+    assert cp.plot_twin_distances(d, twin).axes and cp.plot_threshold_pairs(pairs, small.images, small.manifest)
