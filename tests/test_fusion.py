@@ -66,12 +66,41 @@ def test_fused_svg_has_unique_ids_and_resolves_references():
     ET.fromstring(svg)  # well-formed
 
 
-def test_collision_moves_or_shrinks_the_mouth():
-    # 🤪's wide grin reaches up between its eyes: on a face with big heart eyes it must give way
-    a, b = parts("😍"), parts("🤪")
+def _placed_lower(a, b, k, ex, ey):
+    """B's lower pieces under x' = k x + (ex, ey) on A's canvas, rendered by resvg: a mask at ANALYSIS_PX."""
+    lower = "".join(p.markup() for p in b.pieces if p.kind == "lower")
+    svg = es.wrap_svg(f'<defs>{b.defs}</defs><g transform="matrix({k} 0 0 {k} {ex} {ey})">{lower}</g>',
+                      a.width, a.height)
+    return es.render_svg(svg, fu.ANALYSIS_PX, background=None)[..., 3] > 40
+
+
+def _plain_disc_fit(a, b):
+    """B's disc box scaled (mean of the two axis ratios) and centred onto A's: placement with no collision search."""
+    ax0, ay0, ax1, ay1 = a.disc_box
+    bx0, by0, bx1, by1 = b.disc_box
+    s = ((ax1 - ax0) / (bx1 - bx0) + (ay1 - ay0) / (by1 - by0)) / 2
+    return s, (ax0 + ax1) / 2 - s * (bx0 + bx1) / 2, (ay0 + ay1) / 2 - s * (by0 + by1) / 2
+
+
+@pytest.mark.parametrize("a_char, b_char", [("😍", "🤪"), ("😎", "🤪"), ("😍", "😁")])
+def test_collision_search_moves_the_mouth_off_the_eyes(a_char, b_char):
+    # 🤪's wide grin reaches up between its eyes; 😁's teeth sit high: on big heart eyes or sunglasses the
+    # plain disc fit draws the mouth over the eyes, and place_lower must push it down or shrink it.
+    a, b = parts(a_char), parts(b_char)
+    plain = _placed_lower(a, b, *_plain_disc_fit(a, b))
     k, ex, ey = fu.place_lower(a, b)
-    assert (k, ex, ey) != fu.place_lower(b, b)
-    assert k < 1.0 or ey > 0.0
+    placed = _placed_lower(a, b, k, ex, ey)
+    hit_plain, hit_placed = (int((m & a.masks["upper"]).sum()) for m in (plain, placed))
+    assert hit_plain >= 40  # the plain fit really collides (pixels at 128 px)
+    assert hit_placed <= 0.3 * hit_plain
+    assert placed.sum() >= 0.5 * plain.sum()  # still a mouth, not shrunk away
+    own = (b.masks["lower"] & b.masks["disc"]).sum() / b.masks["lower"].sum()  # 🤪's tongue hangs off its disc
+    assert (placed & a.masks["disc"]).sum() >= (min(0.97, own) - 0.03) * placed.sum()  # and on the face
+
+
+def test_a_mouth_that_fits_keeps_the_plain_disc_fit():
+    a, b = parts("😀"), parts("😮")
+    assert fu.place_lower(a, b) == pytest.approx(_plain_disc_fit(a, b))
 
 
 def test_overrides_and_dropped_faces():
