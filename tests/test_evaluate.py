@@ -46,7 +46,7 @@ def _tiny_run(tmp_path):
 
 
 def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_path):
-    from emojidiff.copies import classify_samples
+    from emojidiff.copies import classify_samples, holdout_share, probe_verdict
 
     cfg, layout = _tiny_run(tmp_path)
     cfg.eval.inception = False
@@ -76,7 +76,9 @@ def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_pa
         assert ((csv[f"{v}_lo"] <= csv[f"{v}_rate"]) & (csv[f"{v}_rate"] <= csv[f"{v}_hi"])).all()
     assert np.allclose(csv.copy_rate + csv.unseen_fusion_rate + csv.neither_rate, 1)
     assert (csv.neither_hi - csv.neither_lo > 0.2).all()  # 6 samples: a wide interval, not a bare 100%
-    assert csv.probe_verdict.str.contains("held-out share").all()
+    hits = int((table.verdict == "unseen_fusion").sum())
+    close = int(table.verdict.isin(["copy", "unseen_fusion"]).sum())
+    assert df.probe_verdict.iloc[1] == probe_verdict(hits, close, holdout_share(ds))  # the probe's one line
     # the memoriser's samples are drawn once, from the same seeds, and are copies
     mem_files = list((layout.root / "samples" / "memoriser").glob("memoriser-n6-seed0-steps2-*.npz"))
     assert len(mem_files) == 1
