@@ -77,3 +77,24 @@ def test_torchrun_two_ranks_give_the_same_images(tmp_path):
     with np.load(one) as a, np.load(two) as b:
         np.testing.assert_array_equal(a["images"], b["images"])
         assert '"world_size": 2' in str(b["info"])
+
+
+def test_sample_from_a_damaged_newest_snapshot_names_it_and_takes_the_previous_good_one(tmp_path, repo, capsys):
+    from emojidiff.cli import main
+
+    layout = RunLayout(tmp_path / "run")
+    make_snapshot(layout.train(16), 0.5, 1)
+    bad = make_snapshot(layout.train(16), 1.0, 2, seed=1)
+    bad.write_bytes(bad.read_bytes()[:-100])  # a disk error or a copy cut short
+    params = tmp_path / "smoke.yaml"
+    params.write_text((repo / "params" / "smoke.yaml").read_text().replace("device: auto", "device: cpu"))
+    with pytest.warns(UserWarning) as rec:
+        assert main(["sample", "--params", str(params), "--out", str(layout.root), "--num", "3"]) == 0
+    said = [str(w.message) for w in rec if "EMA snapshot" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("damaged EMA snapshot ema-00000002.safetensors: ")
+    assert "checksum mismatch" in said[0] and said[0].endswith("using the previous good one (ema-00000001.safetensors)")
+    assert [s["kimg"] for s in list_samples(layout, 16)] == [0.5]
+    assert "w16: " in capsys.readouterr().out
+    # Named explicitly, the damaged snapshot is refused by name instead.
+    with pytest.raises(ckpt.CheckpointError, match=r"ema-00000002\.safetensors: checksum mismatch"):
+        main(["--debug", "sample", "--params", str(params), "--out", str(layout.root), "--checkpoint", str(bad)])
