@@ -1,5 +1,6 @@
 """Tests for the human study: pairs, resumable CSV answers, the task widget and the analysis."""
 
+import threading
 import time
 
 import numpy as np
@@ -99,6 +100,23 @@ def test_widget_ignores_a_double_click_and_answers_from_the_keyboard(tmp_path):
     w.keys._handle_mouse_msg(None, {"type": "keydown", "key": "1"}, [])
     w.keys._handle_mouse_msg(None, {"type": "keydown", "key": "x"}, [])  # other keys do nothing
     assert load_answers(csv)["choice"].tolist() == ["left", "right", "left"]
+
+
+def test_a_double_click_on_two_kernel_threads_records_one_answer(tmp_path):
+    # JupyterLab's kernel (ipykernel subshells) handled the two clicks of a double-click on two threads at once:
+    # both passed the check and both answered the same pair
+    csv = tmp_path / "a.csv"
+    w = StudyWidget(StudySession(make_pairs(SIZES, 20), csv), _images(), min_seconds=0.2)
+    for _ in range(5):
+        time.sleep(0.25)
+        start = threading.Barrier(2)
+        threads = [threading.Thread(target=lambda b=start: (b.wait(), w.left_btn.click())) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    got = load_answers(csv)
+    assert len(got) == 5 and got["pair_id"].is_unique
 
 
 def test_a_torn_answers_file_loses_nothing_and_takes_new_answers(tmp_path):

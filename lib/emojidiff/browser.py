@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,9 @@ class BrowserWidget:
         import ipywidgets as W
 
         self.b, self.scale, self.sample_scale = browser, scale, sample_scale
+        # JupyterLab's kernel may handle widget messages on several threads; one change at a time, re-entrant
+        # because a filter change moves the slider
+        self._lock = threading.RLock()
         # "all" rather than None: a Dropdown shows a None value as an empty box
         self.width = W.Dropdown(options=["all"] + [str(w) for w in browser.available_widths], value="all",
                                 description="width")
@@ -145,15 +149,17 @@ class BrowserWidget:
         self.render()
 
     def _on_filter(self, _change):
-        self.b.set_width(None if self.width.value == "all" else int(self.width.value))
-        self.b.set_mse_range(*self.mse.value)
-        self.slider.max = max(len(self.b.candidates), 1)
-        self.slider.value = self.b.position + 1
-        self.render()
+        with self._lock:
+            self.b.set_width(None if self.width.value == "all" else int(self.width.value))
+            self.b.set_mse_range(*self.mse.value)
+            self.slider.max = max(len(self.b.candidates), 1)
+            self.slider.value = self.b.position + 1
+            self.render()
 
-    def _on_select(self, change):
-        self.b.select(change["new"] - 1)
-        self.render()
+    def _on_select(self, _change):
+        with self._lock:  # the slider's latest value, not this message's: messages may be handled out of order
+            self.b.select(self.slider.value - 1)
+            self.render()
 
     def render(self):
         """Redraw images and captions from the browser's state."""

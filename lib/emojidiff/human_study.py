@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -100,6 +101,7 @@ class StudySession:
         self.total = len(pairs)
         self.queue = [r for r in pairs.to_dict("records") if str(r["pair_id"]) not in done]
         self._shown_at = time.monotonic()
+        self._lock = threading.Lock()  # JupyterLab's kernel handles widget messages on several threads
 
     @property
     def done(self) -> int:
@@ -114,6 +116,10 @@ class StudySession:
         """Record that the "left" or "right" image looks more like a real emoji, then move on."""
         if choice not in ("left", "right"):
             raise ValueError(f"choice must be 'left' or 'right', got {choice!r}")
+        with self._lock:
+            return self._answer(choice)
+
+    def _answer(self, choice: str) -> dict:
         pair = self.current
         if pair is None:
             raise IndexError("the session is complete: no pair left to answer")
@@ -158,6 +164,8 @@ class StudyWidget:
         from ipyevents import Event
 
         self.session, self.images, self.scale, self.min_seconds = session, images, scale, min_seconds
+        # the two clicks of a double-click can arrive on two threads at once (JupyterLab's kernel subshells)
+        self._lock = threading.Lock()
         self.question = W.HTML("<h3>Which looks more like a real emoji?</h3>"
                                "<span style='font-size:11px'>click, or with the mouse over the task press "
                                "&larr; / &rarr; (or 1 / 2)</span>")
@@ -184,14 +192,15 @@ class StudyWidget:
 
     def choose(self, side: str) -> dict | None:
         """What a click does: record the answer and show the next pair; None when the click is ignored."""
-        if self.session.current is None:
-            return None
-        if time.monotonic() - self._drawn_at < self.min_seconds:
-            return None  # the pair was drawn a moment ago: a double-click's second click, not an answer
-        self.left_btn.disabled = self.right_btn.disabled = True  # no more clicks on this pair
-        row = self.session.answer(side)
-        self.render()
-        return row
+        with self._lock:
+            if self.session.current is None:
+                return None
+            if time.monotonic() - self._drawn_at < self.min_seconds:
+                return None  # the pair was drawn a moment ago: a double-click's second click, not an answer
+            self.left_btn.disabled = self.right_btn.disabled = True  # no more clicks on this pair
+            row = self.session.answer(side)
+            self.render()
+            return row
 
     def render(self):
         from emojidiff.browser import png_bytes
