@@ -208,3 +208,16 @@ def test_floors_on_gaussians_with_known_answers():
     assert small["floor_holdout_n"] == 300 and small["floor_holdout_kid_subset_size"] == 300
     # no held-out set: only the train floor
     assert "fid_floor_holdout" not in fid_kid_floors(train, None, n, kid_subsets=2)
+
+
+def test_paired_mse_pairs_image_i_with_image_i():
+    rng = np.random.default_rng(12)
+    a = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    b = a.copy()
+    b[2, 0, 0, 0] = 255 - b[2, 0, 0, 0]  # one value changed in image 2 only
+    d = emojidiff.metrics.paired_mse(a, b)
+    want = ((255 - 2 * a[2, 0, 0, 0].astype(np.float64)) / 127.5) ** 2 / a[0].size
+    np.testing.assert_allclose(d, [0, 0, want, 0, 0], rtol=1e-6, atol=0)  # float32 [-1, 1] values
+    np.testing.assert_allclose(emojidiff.metrics.paired_mse(a, b[::-1]), np.diag(_brute(a, b[::-1])), rtol=1e-6)
+    with pytest.raises(ValueError, match="differ in count or size"):
+        emojidiff.metrics.paired_mse(a, b[:4])

@@ -170,6 +170,14 @@ def nearest_mse(samples, train, k: int = 1, chunk: int = 1024, device=None):
     return (mse[:, 0], idx[:, 0]) if k == 1 else (mse, idx)
 
 
+def paired_mse(a, b) -> np.ndarray:
+    """Per-pair MSE ([-1, 1] scale) between image i of `a` and image i of `b` (uint8 NHWC or float NCHW)."""
+    x, y = to_unit_range(a).flatten(1).double(), to_unit_range(b).flatten(1).double()
+    if x.shape != y.shape:
+        raise ValueError(f"paired images differ in count or size: {tuple(x.shape)} vs {tuple(y.shape)}")
+    return ((x - y) ** 2).mean(1).numpy()
+
+
 def memorisation_rates(nearest2_mse, copy_ratio: float = 1 / 3, copy_mse: float = 0.005) -> dict:
     """MeanMSE and two copy rates from each sample's two smallest MSEs (an (N, 2) array from nearest_mse(k=2)).
 
