@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # subcommand -> module exposing cli_configure(parser) and cli_main(args) -> int
 SUBCOMMANDS = {
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return int(args._module.cli_main(args) or 0)
+    show = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_a, **_k: f"emojidiff {args.command}: warning: {message}\n"
     try:
         return int(args._module.cli_main(args) or 0)
     except user_errors() as e:
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"emojidiff {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = show
 
 
 if __name__ == "__main__":
