@@ -1,6 +1,7 @@
 """Tests for the fusion dataset: counts, provenance, determinism, dedup, held-out split, cache, torch Dataset."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,7 +73,8 @@ def test_heldout_split_by_pairs(tmp_path):
     assert len(ds.train_images()) + len(ds.holdout_images()) == len(ds)
     other = tiny(tmp_path, max_faces=8, holdout=0.25, seed=4)
     assert not other.manifest.split.equals(m.split)  # the seed moves the split
-    assert tiny(tmp_path, max_faces=8, holdout=0.25, seed=3).manifest.split.equals(m.split)
+    again = tiny(tmp_path / "again", max_faces=8, holdout=0.25, seed=3, use_cache=False, workers=2)
+    assert not again.info["cache_hit"] and again.manifest.split.equals(m.split)  # rebuilt, not the cache
 
 
 def test_gallery_size_lines_up_with_training_rows(tmp_path):
@@ -215,3 +217,35 @@ def test_twin_split_same_in_a_subprocess_and_in_the_cache_key(tmp_path):
     assert b.manifest["twin_group"].nunique() <= a.manifest["twin_group"].nunique()
     with pytest.raises(ValueError, match="twin_mse"):
         tiny(tmp_path, twin_mse=-1.0)
+
+
+# The held-out split of a small two-style build, pinned: it must not move by accident (another process, another
+# hash seed, a refactor of the random stream). When the split rule changes on purpose, update this one line.
+PINNED_SPLIT_SHA256 = "d8cb8ac033446c339c45d7519c707a9c6f2a05254c8ce620ce99f64d1dfa6266"
+SPLIT_BUILD = dict(style=["noto", "twemoji"], max_faces=5, size=16, dedup_size=16, holdout=0.25, seed=0,
+                   workers=1, progress=False, use_cache=False)
+
+
+def split_digest(ds) -> str:
+    """sha256 of the sorted held-out pairs, one "style/parent_a+parent_b" a line."""
+    held = ds.pairs[ds.pairs.split == "holdout"]
+    return hashlib.sha256("\n".join(sorted(f"{r.style}/{r.parent_a}+{r.parent_b}" for r in held.itertuples()))
+                          .encode()).hexdigest()
+
+
+def test_heldout_split_is_pinned_and_the_same_in_other_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ds = emojidiff.build_dataset(cache_dir=tmp_path, **SPLIT_BUILD)
+    assert 0 < (ds.pairs.split == "holdout").sum() < len(ds.pairs)
+    assert split_digest(ds) == PINNED_SPLIT_SHA256
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import emojidiff; "
+            "from test_dataset import SPLIT_BUILD, split_digest; "
+            "print(split_digest(emojidiff.build_dataset(cache_dir=sys.argv[2], **SPLIT_BUILD)))")
+    for hash_seed in ("1", "2"):  # str hashes differ between these processes
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / hash_seed)],
+                             env=env, capture_output=True, text=True, check=True).stdout.split()
+        assert out[-1] == PINNED_SPLIT_SHA256, f"PYTHONHASHSEED={hash_seed}"
