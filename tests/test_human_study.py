@@ -143,6 +143,23 @@ def test_a_torn_answers_file_loses_nothing_and_takes_new_answers(tmp_path):
     assert np.isfinite(bt["log_strength"]).all() and set(bt.index) <= set(SIZES)
 
 
+def test_a_row_torn_inside_a_quoted_rater_does_not_swallow_later_rows(tmp_path):
+    csv = tmp_path / "answers.csv"
+    pairs = make_pairs(SIZES, 5)
+    s = StudySession(pairs, csv, rater='Doe, "JD" Jane')  # written quoted
+    s.answer("left")
+    s.answer("right")
+    data = csv.read_bytes()
+    csv.write_bytes(data[: data.rindex(b'"Doe') + 6])  # torn after the opening quote of the last row's rater
+    with pytest.warns(UserWarning, match="line 3"):
+        s = StudySession(pairs, csv, rater='Doe, "JD" Jane')
+    s.answer("left")
+    s.answer("left")
+    with pytest.warns(UserWarning, match=r"skipped 1 row.*line 3"):
+        got = load_answers(csv)
+    assert got["pair_id"].tolist() == ["0-0", "0-1", "0-2"] and set(got["rater"]) == {'Doe, "JD" Jane'}
+
+
 def test_a_torn_header_starts_the_file_again(tmp_path):
     csv = tmp_path / "answers.csv"
     csv.write_text("time,rater,pai")

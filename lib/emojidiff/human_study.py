@@ -67,22 +67,22 @@ def load_answers(path: str | Path, sources=None) -> pd.DataFrame:
     sources = None if sources is None else set(sources)
     rows, bad = [], []
     with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        missing = set(ANSWER_COLUMNS) - set(header)
-        if missing:
-            raise ValueError(f"{path}: not a study answers file, missing columns {sorted(missing)}")
-        order = [header.index(c) for c in ANSWER_COLUMNS]
-        start = reader.line_num
-        for fields in reader:
-            if fields:
-                try:
-                    if len(fields) != len(header):
-                        raise ValueError(f"{len(fields)} fields, expected {len(header)}")
-                    rows.append(_parse_row([fields[i] for i in order], sources))
-                except ValueError as e:
-                    bad.append(f"line {start + 1}: {e}")
-            start = reader.line_num
+        lines = f.read().splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    missing = set(ANSWER_COLUMNS) - set(header)
+    if missing:
+        raise ValueError(f"{path}: not a study answers file, missing columns {sorted(missing)}")
+    order = [header.index(c) for c in ANSWER_COLUMNS]
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:  # line by line: an open quote on a torn row must not swallow the rows after it
+            fields = next(csv.reader([line], strict=True))
+            if len(fields) != len(header):
+                raise ValueError(f"{len(fields)} fields, expected {len(header)}")
+            rows.append(_parse_row([fields[i] for i in order], sources))
+        except (ValueError, csv.Error) as e:
+            bad.append(f"line {number}: {e}")
     if bad:
         warnings.warn(f"{path}: skipped {len(bad)} row(s) that do not parse, kept {len(rows)}: " + "; ".join(bad),
                       stacklevel=2)
