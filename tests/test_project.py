@@ -116,6 +116,7 @@ def test_normalise_notebooks_script_strips_outputs_and_sets_metadata(repo, tmp_p
     code.outputs, code.execution_count = [nbformat.v4.new_output("stream", text="hi")], 3
     code.metadata["execution"] = {"iopub.status.idle": "2026-01-01"}
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
     path = tmp_path / "x.ipynb"
     nbformat.write(nb, path)
     assert len(norm.problems(nb)) == 4
