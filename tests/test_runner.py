@@ -172,3 +172,37 @@ def test_a_change_to_the_package_code_or_data_redoes_every_step(three_steps, tmp
     faces.write_text(faces.read_text() + "\n")  # shipped data count too
     assert run() == ["01_data", "02_train", "03_eval"]
     assert run() == []
+
+
+def test_a_failure_message_carries_no_terminal_colour_codes(study):
+    nbs, params, out = study
+    _notebook(nbs / "01_first.ipynb", "def f():\n    raise KeyError('broken key')\nf()")
+    with pytest.raises(NotebookFailed) as info:
+        run_study(params, out, notebooks_dir=nbs, progress=False, log=lambda *_: None)
+    msg = str(info.value)
+    assert "\x1b" not in msg and "KeyError: 'broken key'" in msg and "f()" in msg
+
+
+def test_the_run_holds_the_folder_lock_its_notebooks_may_write_others_may_not(study):
+    import os
+
+    from emojidiff.runlock import RunLocked, holder
+
+    nbs, params, out = study
+    # A notebook that trains takes the run folder's lock too: inside `emojidiff run` it must pass.
+    _notebook(nbs / "02_second.ipynb", "from emojidiff.runlock import run_lock, holder\n"
+                                       "with run_lock(out_dir, 'training'):\n"
+                                       "    open(out_dir + '/holder.txt', 'w').write(holder(out_dir))")
+    run_study(params, out, notebooks_dir=nbs, progress=False, log=lambda *_: None)
+    pid, _, task = (out / "holder.txt").read_text().partition(" ")
+    assert int(pid) == os.getpid() and task.strip() == "the study run (emojidiff run)"  # the kernel passed
+    blocker = subprocess.Popen([sys.executable, "-c", "import sys, time; from emojidiff.runlock import run_lock\n"
+                                "with run_lock(sys.argv[1], 'training'): print('ok', flush=True); time.sleep(60)",
+                                str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert blocker.stdout.readline().strip() == "ok" and holder(out) == f"{blocker.pid} training"
+        with pytest.raises(RunLocked, match=rf"training is running elsewhere \(process {blocker.pid} "):
+            run_study(params, out, notebooks_dir=nbs, force=True, progress=False, log=lambda *_: None)
+    finally:
+        blocker.kill()
+        blocker.wait()
