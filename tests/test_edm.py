@@ -45,8 +45,10 @@ def test_precond_coefficients_table1(sigma, sd):
     EDMPrecond(probe, sigma_data=sd)(x, sigma)
     assert torch.allclose(probe.x_in.double(), torch.full_like(x, 1.5 * ref["c_in"]), rtol=1e-6)
     assert probe.c_noise.flatten()[0].item() == pytest.approx(ref["c_noise"], rel=1e-6)
-    # Unit variance of the effective training target: c_skip + (c_out / sigma_data)^2 = 1.
-    assert ref["c_skip"] + (ref["c_out"] / sd) ** 2 == pytest.approx(1.0)
+    # Unit variance of the effective training target, from the module's own coefficients (not the helper's):
+    # D(x) = c_skip x + c_out F, so c_skip = d_skip / x and c_out = d_out; c_skip + (c_out / sigma_data)^2 = 1.
+    c_skip, c_out = d_skip.flatten()[0].item() / 1.5, d_out.flatten()[0].item()
+    assert c_skip + (c_out / sd) ** 2 == pytest.approx(1.0, rel=1e-5)
 
 
 def test_precond_golden_numbers_and_per_image_sigma():

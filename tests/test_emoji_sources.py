@@ -1,5 +1,10 @@
 """Tests for the shipped emoji sources: faces list, SVG data, licences, rendering and errors."""
 
+import hashlib
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -43,9 +48,24 @@ def test_render_face_on_white():
     assert rgba.shape == (32, 32, 4) and rgba[0, 0, 3] == 0
 
 
-def test_render_is_deterministic():
-    face = es.select_faces("core")[5]
-    assert (es.render_face("noto", face, 32) == es.render_face("noto", face, 32)).all()
+_RENDER_DIGEST = ("import hashlib; from emojidiff import emoji_sources as es; h = hashlib.sha256(); "
+                  "[h.update(es.render_face(s, f, n).tobytes()) for s in es.available_styles() "
+                  "for f in es.select_faces('core', s)[::9] for n in (32, 64)]; print(h.hexdigest())")
+
+
+def test_render_is_deterministic_across_processes():
+    # the dataset is cached by its parameters, so a render that differs between processes (threads, hash seeds)
+    # would silently mix two datasets: compare the bytes of this process with two fresh ones
+    here = subprocess.run([sys.executable, "-c", _RENDER_DIGEST], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": "1"}).stdout.split()[-1]
+    there = subprocess.run([sys.executable, "-c", _RENDER_DIGEST], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "2", "OMP_NUM_THREADS": "2"}).stdout.split()[-1]
+    h = hashlib.sha256()
+    for s in es.available_styles():
+        for f in es.select_faces("core", s)[::9]:
+            for n in (32, 64):
+                h.update(es.render_face(s, f, n).tobytes())
+    assert here == there == h.hexdigest()
 
 
 def test_unknown_style_and_face():
