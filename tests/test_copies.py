@@ -38,7 +38,8 @@ def test_thresholds_sit_between_the_copy_noise_and_the_heldout_gap(small):
                                                                      small.train_images()[:, :, ::-1]]))
     assert th.heldout_gap_mse == pytest.approx(gap.min(), rel=1e-4)
     assert th.twin_mse == small.info["split_rule"]["twin_mse"] <= th.heldout_gap_mse
-    assert th.noise_mse < th.copy_mse < th.heldout_gap_mse
+    assert th.noise_mse < th.copy_mse < th.twin_mse
+    assert th.copy_mse == pytest.approx(np.sqrt(th.noise_mse * min(th.twin_mse, th.heldout_gap_mse)))
     assert set(th.as_dict()) >= {"copy_mse", "hit_mse", "noise_mse", "heldout_gap_mse", "twin_mse"}
 
 

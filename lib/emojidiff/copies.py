@@ -61,14 +61,16 @@ class Thresholds:
 
 
 def choose_thresholds(dataset, xflip: bool = True, noise_mse: float = 0.001) -> Thresholds:
-    """Geometric midpoint between the copy noise and the data's held-out-to-training gap (both MSE)."""
+    """Geometric midpoint between the copy noise and the data's held-out-to-training gap (capped at the split's twin
+    threshold), both MSE."""
     train, held = dataset.train_images(), dataset.holdout_images()
     twin = (dataset.info.get("split_rule") or {}).get("twin_mse")
     gap = float(reference_set(train, xflip).nearest(held)[0].min()) if len(held) else float(twin or 0.003)
     if gap <= 1.5 * noise_mse:
         raise ValueError(f"a held-out image lies at MSE {gap:.5f} from a training image (or mirror), too close to the "
                          f"copy noise {noise_mse}: no copy threshold separates them (build with the twin-aware split)")
-    cut = math.sqrt(noise_mse * gap)
+    # below the twin distance too: a sample nearer a training image than two images the split calls distinct
+    cut = math.sqrt(noise_mse * min(gap, twin or gap))
     return Thresholds(copy_mse=cut, hit_mse=cut, noise_mse=noise_mse, heldout_gap_mse=gap, twin_mse=twin)
 
 
