@@ -1,0 +1,75 @@
+"""The `data`, `train`, `sample` and `evaluate` subcommands end to end, each as its own process on a tiny profile."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+EXE = shutil.which("emojidiff", path=str(Path(sys.executable).parent)) or "emojidiff"
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    assert proc.returncode == 0, f"emojidiff {args[0]}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_run(repo, tmp_path_factory):
+    """The smoke profile cut to seconds (2 training steps, 8 samples, no Inception), trained by `emojidiff train`."""
+    root = tmp_path_factory.mktemp("cli")
+    profile = yaml.safe_load((repo / "params" / "smoke.yaml").read_text())
+    profile["name"] = "tiny"
+    profile["train"].update(duration_kimg=0.032, snapshot_kimg=0.032, checkpoint_kimg=0.032, precision="fp32")
+    profile["sample"].update(num_steps=2, num_images=8, batch_size=8)
+    profile["eval"].update(inception=False, kid_subsets=2, kid_subset_size=4, domain_epochs=1)
+    params = root / "tiny.yaml"
+    params.write_text(yaml.safe_dump(profile))
+    out = root / "run"
+    _cli("train", "--params", str(params), "--out", str(out), cwd=root)
+    return params, out
+
+
+def test_data_builds_the_profile_dataset_and_writes_its_summary(tiny_run):
+    params, out = tiny_run
+    summary = out / "data_summary.json"
+    text = _cli("data", "--params", str(params), "--out", str(summary), cwd=out.parent)
+    got = json.loads(summary.read_text())
+    assert got["faces"] == 8 and got["pairs"] == 8 * 7  # smoke: the first 8 core faces, all ordered pairs
+    assert got["train"] + got["holdout"] == got["rows"] and got["holdout"] > 0
+    assert 0.5 < got["sigma_data"] < 0.8  # measured on the fusions
+    assert f"pairs: {got['pairs']}" in text
+
+
+def test_sample_draws_the_requested_images_from_the_latest_snapshot(tiny_run):
+    params, out = tiny_run
+    text = _cli("sample", "--params", str(params), "--out", str(out), "--num", "6", "--seed", "5", cwd=out.parent)
+    path = Path(text.strip().splitlines()[-1].split(": ", 1)[1])
+    assert path.parent == out / "samples" / "w16" and path.is_file()
+    with np.load(path) as f:
+        images = f["images"]
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
+    assert images.std() > 0  # not a blank image set
+    again = _cli("sample", "--params", str(params), "--out", str(out), "--num", "6", "--seed", "5", cwd=out.parent)
+    assert again == text  # the same file, reused
+
+
+def test_evaluate_writes_finite_metrics_for_every_snapshot(tiny_run):
+    params, out = tiny_run
+    _cli("evaluate", "--params", str(params), "--out", str(out), cwd=out.parent)
+    df = pd.read_csv(out / "metrics" / "metrics.csv")
+    assert df["width"].tolist() == [16] and df["kimg"].tolist() == pytest.approx([0.032])
+    assert df["num_samples"].tolist() == [8]
+    for col in ("mean_mse", "fid_domain", "kid_domain_mean"):
+        assert math.isfinite(df[col].iloc[0]), col
+    assert 0.0 < df["mean_mse"].iloc[0] < 4.0  # [-1, 1] scale: a MSE lies in [0, 4]
+    assert json.loads((out / "metrics" / "metrics_notes.json").read_text())["num_images"] == 8
