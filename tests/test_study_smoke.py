@@ -40,3 +40,26 @@ def test_a_second_run_redoes_nothing(smoke_run):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "running" not in again.stdout and again.stdout.count("up to date") == len(
         list((out / "notebooks").glob("*.ipynb")))
+
+
+def test_the_smoke_study_computes_sane_numbers(smoke_run):
+    import math
+
+    import pandas as pd
+
+    proc, out, _ = smoke_run
+    assert proc.returncode == 0
+    df = pd.read_csv(out / "metrics" / "metrics.csv")
+    assert len(df) >= 1 and set(df["width"]) == {16}
+    for col in ("mean_mse", "fid_domain", "kid_domain_mean", "copy_rate"):
+        assert df[col].map(math.isfinite).all(), f"{col}: {df[col].tolist()}"
+    # [-1, 1] scale: 0 would be a perfect copy, about 1 is noise against a face; a few hundred images of
+    # training give blurry faces in between
+    assert ((df["mean_mse"] > 0.0) & (df["mean_mse"] < 1.5)).all(), df["mean_mse"].tolist()
+    assert (df["fid_domain"] >= 0).all() and df["copy_rate"].between(0, 1).all()
+    # the copy rule's controls: the memoriser copies, the generaliser makes unseen fusions, nonsense is neither
+    controls = pd.read_csv(out / "metrics" / "copy_controls.csv").set_index("set")
+    assert controls.loc["memoriser", "copy_rate"] >= 0.95
+    assert controls.loc["generaliser", "copy_rate"] <= 0.05
+    assert controls.loc["generaliser", "unseen_fusion_rate"] >= 0.95
+    assert controls.loc["nonsense", ["copy_rate", "unseen_fusion_rate"]].sum() == 0
