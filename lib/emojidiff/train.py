@@ -176,14 +176,18 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
     tc, info = cfg.train, dist.setup(cfg.device)
     out = layout.train(width)
     out.mkdir(parents=True, exist_ok=True)
-    if info.is_main:
+    found = None
+    if info.is_main:  # the writer tidies first: temp files of killed writes, unreadable checkpoints to bad/
         ckpt.remove_orphans(out)
-    had = sorted(out.glob("ckpt-*.json"))
-    found = ckpt.latest_good(out, move_bad=info.is_main) if resume else None
-    if resume and found is None and had:
-        raise ckpt.CheckpointError(
-            f"{out}: no usable checkpoint (the unreadable ones are in {out / 'bad'}); to start this width over, "
-            "erasing its checkpoints and metrics.jsonl, pass --no-resume (resume=False)")
+        had = sorted(out.glob("ckpt-*.json"))
+        found = ckpt.latest_good(out, move_bad=True) if resume else None
+        if resume and found is None and had:
+            raise ckpt.CheckpointError(
+                f"{out}: no usable checkpoint (the unreadable ones are in {out / 'bad'}); to start this width over, "
+                "erasing its checkpoints and metrics.jsonl, pass --no-resume (resume=False)")
+    dist.barrier(info)
+    if resume and not info.is_main:  # after rank 0 moved bad ones aside: every rank finds the same one
+        found = ckpt.latest_good(out)
     images = training_images(cfg) if images is None else images
     n, total_nimg = len(images), int(round(tc.duration_kimg * 1000))
     B = tc.batch_size
