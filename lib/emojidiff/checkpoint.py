@@ -157,15 +157,19 @@ def latest_good(train_dir: str | Path, prefix: str = "ckpt", move_bad: bool = Fa
     return None
 
 
-def prune(train_dir: str | Path, prefix: str = "ckpt", keep: int = 2) -> None:
-    """Keep the newest `keep` checkpoints that verify; move unreadable ones among them to bad/, delete older."""
+def prune(train_dir: str | Path, prefix: str = "ckpt", keep: int = 2, just_saved: Path | None = None) -> None:
+    """Keep the newest `keep` checkpoints that verify; move unreadable ones among them to bad/, delete older.
+
+    `just_saved` (hashed by `save` a moment ago) is not read again: a paper-profile checkpoint is ~900 MB.
+    """
     good = 0
     for json_path in reversed(_sorted(Path(train_dir), prefix)):
         if good >= keep:
             remove(json_path)
             continue
         try:
-            read_meta(json_path)
+            if json_path != just_saved:
+                read_meta(json_path)
             good += 1
         except CheckpointError as e:
             warnings.warn(f"unreadable checkpoint {json_path.name} moved to {move_aside(json_path)}: {e}", stacklevel=2)

@@ -251,8 +251,8 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
                     old.with_suffix(".png").unlink(missing_ok=True)
         if full:
             tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen})
-            ckpt.save(out / f"ckpt-{stem}", tensors, {**meta("checkpoint"), **extra})
-            ckpt.prune(out, keep=2)  # the latest good, and one before in case it is damaged
+            saved = ckpt.save(out / f"ckpt-{stem}", tensors, {**meta("checkpoint"), **extra})
+            ckpt.prune(out, keep=2, just_saved=saved)  # the latest good, and one before in case it is damaged
 
     snap_n = max(int(tc.snapshot_kimg * 1000), 1)
     ckpt_n = max(int((tc.checkpoint_kimg or tc.snapshot_kimg) * 1000), 1)
