@@ -21,6 +21,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colour codes in kernel
 
 
 def strip_ansi(text: str) -> str:
+    """The text without terminal colour and cursor codes."""
     return _ANSI.sub("", text)
 
 
