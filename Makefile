@@ -40,3 +40,21 @@ lint: venv
 
 clean-outputs:
 	rm -rf outputs/*/
+
+# Mutation testing (slow, not in CI): mutmut mutates the MUTATE modules one small change at a time and runs the tests
+# that cover each change ([tool.mutmut] in pyproject.toml); a surviving mutant is a change no test noticed.
+# It works in a scratch copy laid out as src/emojidiff; `make mutants MUTATE=ema` checks one module.
+MUTATE ?= edm sampler ema checkpoint metrics
+MUTANTS_DIR ?= $(or $(TMPDIR),/tmp)/emojidiff-mutants
+MUTMUT_CHILDREN ?= 2
+MUTATE_RE := emojidiff[.]($(subst $(eval) ,|,$(strip $(MUTATE))))[.]
+.PHONY: mutants
+mutants: venv
+	rm -rf $(MUTANTS_DIR) && mkdir -p $(MUTANTS_DIR)/src
+	cp -r lib/emojidiff $(MUTANTS_DIR)/src/ && cp -r tests params pyproject.toml $(MUTANTS_DIR)/
+	cd $(MUTANTS_DIR) && OMP_NUM_THREADS=1 $(abspath $(BIN))/mutmut run --max-children $(MUTMUT_CHILDREN) \
+		$(foreach m,$(MUTATE),'emojidiff.$(m).*') >mutmut.log 2>&1 || { tail -c 3000 mutmut.log; exit 1; }
+	cd $(MUTANTS_DIR) && $(abspath $(BIN))/mutmut results --all true | grep -E '$(MUTATE_RE)' >results.txt; \
+		grep -v ': killed$$' results.txt; \
+		echo "surviving mutants: $$(grep -c ': survived$$' results.txt) of $$(grep -c ': ' results.txt)" \
+			"($(MUTATE)); 'mutmut show NAME' in $(MUTANTS_DIR) shows one"
