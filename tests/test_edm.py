@@ -20,7 +20,7 @@ class Probe(nn.Module):
         self.out = out
 
     def forward(self, x, c_noise, labels=None):
-        self.x_in, self.c_noise = x, c_noise
+        self.x_in, self.c_noise, self.labels = x, c_noise, labels
         return torch.full_like(x, self.out) + 0 * self.w
 
 
@@ -142,3 +142,69 @@ def test_build_denoiser_from_profiles():
     assert out.shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="sigma_data"):
         build_denoiser(cfg.model, 16, 32, None)
+
+
+class NoParams(nn.Module):
+    """A parameterless F (F = 0)."""
+
+    def forward(self, x, c_noise, labels=None):
+        self.x_in = x
+        return torch.zeros_like(x)
+
+
+def test_precond_passes_labels_and_keeps_each_precision():
+    x = torch.full((2, 3, 4, 4), 1.5)
+    probe = Probe(1.0)
+    EDMPrecond(probe, 0.5)(x, 1.0, torch.tensor([[1, 2], [3, -1]]))
+    assert probe.labels.tolist() == [[1, 2], [3, -1]]  # conditioning reaches F
+    # bf16 input: preconditioning in float32, D in float32
+    d = EDMPrecond(Probe(1.0), 0.5)(x.bfloat16(), 1.0)
+    assert d.dtype == torch.float32
+    torch.testing.assert_close(d, EDMPrecond(Probe(1.0), 0.5)(x, 1.0))
+    # F in the network's precision (float64 here), D in the input's (float32)
+    probe64 = Probe(1.0).double()
+    d = EDMPrecond(probe64, 0.5)(x, 1.0)
+    assert probe64.x_in.dtype == probe64.c_noise.dtype == torch.float64 and d.dtype == torch.float32
+    # a parameterless F gets float32
+    flat = NoParams()
+    d = EDMPrecond(flat, 0.5)(x, 1.0)
+    assert flat.x_in.dtype == torch.float32
+    torch.testing.assert_close(d, x * 0.25 / 1.25)  # c_skip = sd^2 / (sigma^2 + sd^2)
+
+
+def test_loss_feeds_the_denoiser_y_plus_sigma_times_noise():
+    seen = {}
+
+    def den(x, sigma, labels=None):
+        seen.update(x=x, sigma=sigma, labels=labels)
+        return x
+
+    y = torch.rand(3, 3, 4, 4) * 2 - 1
+    rnd, noise = torch.tensor([-1.0, 0.0, 2.0]).reshape(3, 1, 1, 1), torch.randn(3, 3, 4, 4)
+    for labels in (None, torch.tensor([[0, 1], [1, 0], [2, 2]])):
+        edm_loss(den, y, P_mean=-1.2, P_std=1.2, labels=labels, rnd_normal=rnd, noise=noise)
+        sigma = (rnd * 1.2 - 1.2).exp()
+        torch.testing.assert_close(seen["sigma"], sigma.flatten())  # ln(sigma) = P_mean + P_std * normal
+        torch.testing.assert_close(seen["x"], y + sigma * noise)  # y + n, n ~ N(0, sigma^2)
+
+
+def test_build_denoiser_passes_every_model_option():
+    from emojidiff.config import ModelConfig
+
+    cfg = ModelConfig(widths=[8], channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.3,
+                      sigma_data=0.42, embedding="fourier", label_dim=5, label_slots=2, label_dropout=0.2)
+    den = build_denoiser(cfg, 8, 16)  # sigma_data from the config
+    net = den.net
+    assert den.sigma_data == pytest.approx(0.42) and net.img_resolution == 16
+    assert (net.label_dim, net.label_slots, net.label_dropout) == (5, 2, 0.2)
+    assert net.map_label.in_features == 10
+    assert "Fourier" in type(net.map_noise).__name__
+    assert {m.p for m in net.modules() if isinstance(m, nn.Dropout)} == {0.3}
+    direct = emojidiff.UNet(img_resolution=16, model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                            attn_resolutions=(8,), dropout=0.3, embedding="fourier", label_dim=5, label_slots=2,
+                            label_dropout=0.2)
+    assert emojidiff.count_parameters(den) == emojidiff.count_parameters(direct)
+    assert build_denoiser(cfg, 8, 16, sigma_data=0.3).sigma_data == pytest.approx(0.3)  # the argument wins
+    cfg.sigma_data = None
+    with pytest.raises(ValueError, match="sigma_data is None as argument and in the model config: measure it"):
+        build_denoiser(cfg, 8, 16)
