@@ -153,6 +153,7 @@ class NoParams(nn.Module):
 
 
 def test_precond_passes_labels_and_keeps_each_precision():
+    assert EDMPrecond(Probe(1.0)).sigma_data == 0.5  # EDM's default for images in [-1, 1]
     x = torch.full((2, 3, 4, 4), 1.5)
     probe = Probe(1.0)
     EDMPrecond(probe, 0.5)(x, 1.0, torch.tensor([[1, 2], [3, -1]]))
