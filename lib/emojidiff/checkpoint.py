@@ -240,26 +240,67 @@ def thin(indices: list[int], keep: int) -> set[int]:
     return {i for i in indices if i % spacing == 0} | {indices[-1]}
 
 
-def pack_state(net, ema, opt, generators: dict[str, torch.Generator]) -> tuple[dict, dict]:
-    """Everything a resume needs as (tensors, JSON-able meta): weights, EMA, Adam state and every RNG state."""
+def rank_rng_state() -> dict[str, torch.Tensor]:
+    """This process's own RNG states: the CPU generator, and its current CUDA device's when CUDA is in use."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # the current device only: each rank owns one GPU
+    return states
+
+
+def pack_state(net, ema, opt, generators: dict[str, torch.Generator],
+               rank_states: list[dict[str, torch.Tensor]] | None = None) -> tuple[dict, dict]:
+    """Everything a resume needs as (tensors, JSON-able meta): weights, EMA, Adam state and every RNG state.
+
+    `rank_states` holds each rank's `rank_rng_state()` in rank order (default: this process's only).
+    """
     tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
     tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
     opt_sd = opt.state_dict()
     for idx, st in opt_sd["state"].items():
         tensors |= {f"opt.{idx}.{k}": v for k, v in st.items() if torch.is_tensor(v)}
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    rank_states = [rank_rng_state()] if rank_states is None else rank_states
+    for r, states in enumerate(rank_states):
+        tensors |= {f"rng.rank{r}.{k}": v for k, v in states.items()}
     tensors |= {f"rng.gen.{name}": g.get_state() for name, g in generators.items()}
     np_state = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
     meta = {"optimizer": {"param_groups": opt_sd["param_groups"]},
-            "rng": {"numpy": [np_state[0], *np_state[2:]], "python": random.getstate()}}
+            "rng": {"numpy": [np_state[0], *np_state[2:]], "python": random.getstate(),
+                    "world_size": len(rank_states), "generator_devices": {n: str(g.device) for n, g in
+                                                                          generators.items()}}}
     return tensors, meta
 
 
-def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str, torch.Generator]) -> None:
-    """Put a `pack_state` checkpoint back, bit for bit."""
+def _restore_rank_rng(tensors: dict, meta: dict, rank: int, world_size: int) -> None:
+    """Put this rank's CPU/CUDA RNG states back; other world sizes or GPU counts warn instead of failing."""
+    saved = meta["rng"].get("world_size")
+    if saved is None:  # before per-rank states: rank 0's CPU state, and one CUDA state per visible GPU
+        mine = {"torch": tensors["rng.torch"]} if rank == 0 else {}
+        cuda = {int(k[len("rng.cuda."):]): v for k, v in tensors.items() if k.startswith("rng.cuda.")}
+        if cuda and torch.cuda.is_available() and rank == 0:
+            dev = torch.cuda.current_device()
+            if dev in cuda:
+                mine["cuda"] = cuda[dev]
+            else:
+                warnings.warn(f"checkpoint has CUDA RNG states for {len(cuda)} GPU(s), none for cuda:{dev}; "
+                              "this GPU's dropout draws continue from a fresh seed", stacklevel=3)
+        saved = 1
+    else:
+        mine = {k[len(f"rng.rank{rank}."):]: v for k, v in tensors.items() if k.startswith(f"rng.rank{rank}.")}
+    if saved != world_size:
+        fresh = "ranks without saved RNG states keep their fresh per-rank seeds; " if world_size > saved else ""
+        warnings.warn(f"checkpoint written by {saved} process(es), resumed by {world_size}: {fresh}"
+                      "the run continues, but not bitwise as an uninterrupted one", stacklevel=3)
+    if "torch" in mine:
+        torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
+
+
+def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str, torch.Generator],
+                  rank: int = 0, world_size: int = 1) -> None:
+    """Put a `pack_state` checkpoint back, bit for bit (this rank's own RNG states; old single-state files too)."""
 
     def sub(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -271,12 +312,15 @@ def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = v
     opt.load_state_dict({"state": dict(sorted(state.items())), "param_groups": meta["optimizer"]["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sub("rng.cuda.")
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+    _restore_rank_rng(tensors, meta, rank, world_size)
+    devices = meta["rng"].get("generator_devices", {})
     for name, g in generators.items():
-        g.set_state(tensors[f"rng.gen.{name}"])
+        was = devices.get(name, "cpu")
+        if torch.device(was).type == g.device.type:
+            g.set_state(tensors[f"rng.gen.{name}"])
+        else:  # a CPU generator's state does not fit a CUDA one: same seed, another stream
+            warnings.warn(f"RNG {name!r} was on {was}, now on {g.device}: its draws continue from the run's seed, "
+                          "not bitwise as an uninterrupted run", stacklevel=2)
     kind, *rest = meta["rng"]["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), *rest))
     version, internal, gauss = meta["rng"]["python"]

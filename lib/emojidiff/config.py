@@ -6,6 +6,7 @@ import dataclasses
 import json
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +56,11 @@ class TrainConfig:
     snapshot_kimg: float = 10.0  # checkpoint and EMA snapshot interval
     checkpoint_kimg: float = 5.0  # resume-checkpoint interval (0: at snapshots only); the latest two are kept
     max_snapshots: int = 20  # EMA snapshots kept; older ones thinned to a doubling interval
-    precision: str = "auto"  # "auto", "fp32" or "bf16"
+    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32", "bf16", "fp16" (CUDA, with a GradScaler)
     compile: bool = False  # torch.compile the network
-    num_workers: int = 0  # unused: training indexes the images in memory (kept for old profiles)
+    batch_gpu: int = 0  # images per forward/backward on one process (EDM's name); 0: its whole share, no accumulation
+    channels_last: str = "auto"  # "auto" (CPU: with bf16, as before; CUDA: off until a GPU benchmark says), "on", "off"
+    deterministic: bool = False  # CUDA: cudnn.deterministic, no cudnn.benchmark (slower); CPU runs are bitwise anyway
 
 
 @dataclass
@@ -164,8 +167,15 @@ def _coerce(value, tp, key: str, source: str):
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+REMOVED = {"train.num_workers": "training indexes the images in memory; it never used workers"}
+
+
 def _build(cls, data: dict, source: str, prefix: str = ""):
     hints = typing.get_type_hints(cls)
+    for key in [k for k in data if f"{prefix}{k}" in REMOVED]:  # old profiles still load, with a warning
+        warnings.warn(f"{source}: {prefix}{key} was removed ({REMOVED[prefix + key]}); ignored, delete it",
+                      stacklevel=4)
+        data = {k: v for k, v in data.items() if k != key}
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -229,8 +239,12 @@ def _validate(cfg: Config, source: str) -> None:
         (t.snapshot_kimg > 0, "train.snapshot_kimg", "must be positive", t.snapshot_kimg),
         (t.checkpoint_kimg >= 0, "train.checkpoint_kimg", "must be >= 0 (0: at snapshots)", t.checkpoint_kimg),
         (t.max_snapshots >= 1, "train.max_snapshots", "must be >= 1", t.max_snapshots),
-        (t.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16", t.precision),
-        (t.num_workers >= 0, "train.num_workers", "must be >= 0", t.num_workers),
+        (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", "must be auto, fp32, bf16 or fp16",
+         t.precision),
+        (t.batch_gpu >= 0, "train.batch_gpu", "must be >= 0 (0: the whole per-process batch)", t.batch_gpu),
+        (t.batch_gpu == 0 or t.batch_size % t.batch_gpu == 0, "train.batch_gpu",
+         f"must divide train.batch_size ({t.batch_size})", t.batch_gpu),
+        (t.channels_last in ("auto", "on", "off"), "train.channels_last", "must be auto, on or off", t.channels_last),
         (s.num_steps > 0, "sample.num_steps", "must be positive", s.num_steps),
         (s.batch_size > 0, "sample.batch_size", "must be positive", s.batch_size),
         (s.num_images > 0, "sample.num_images", "must be positive", s.num_images),

@@ -25,8 +25,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this rank's GPU if there is one, else the CPU; 'cuda' -> cuda:<local_rank>."""
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """'auto' -> this rank's GPU if there is one, else the CPU; 'cuda' -> cuda:<local_rank>; cuda:N alone only."""
+    if world_size > 1 and name.startswith("cuda:"):  # refused, not remapped: the profile would not say what runs
+        from emojidiff.config import ConfigError
+
+        raise ConfigError(f"device {name!r} under torchrun ({world_size} processes) would put every rank on one GPU; "
+                          "set device: cuda (or auto): each rank then takes cuda:<LOCAL_RANK>")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -40,7 +45,7 @@ def setup(device: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run as a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, world)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -80,6 +85,31 @@ def mean(value: float, info: DistInfo) -> float:
         t = t.to(info.device)
     dist.all_reduce(t)
     return t.item() / info.world_size
+
+
+def sum_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The elementwise sum of a tensor over all processes (one all-reduce; the tensor on this rank's device)."""
+    if info.active:
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast(obj, info: DistInfo):
+    """Rank 0's value of a small picklable object on every rank (sent over the process group, never a file)."""
+    if not info.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj, info: DistInfo) -> list:
+    """Every rank's value of a small object, in rank order, on every rank."""
+    if not info.active:
+        return [obj]
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def cleanup(info: DistInfo) -> None:

@@ -384,6 +384,11 @@ def cli_main(args) -> int:
     from emojidiff.config import load_config
 
     cfg = load_config(args.params)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: rank 0 evaluates alone, as one process
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
+        print("evaluate under torchrun: rank 0 evaluates alone (metrics.csv has one writer); the other ranks exit")
+        os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
     df = evaluate(cfg, args.out if args.out is not None else Path("outputs") / cfg.name)
     print(df.to_string(index=False))
     return 0

@@ -35,8 +35,9 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, num_images
     """Sample `num_images` from a checkpoint's EMA weights into out_folder/<samples_name>.npz (+ a .png grid).
 
     Image i's noise is seeded by (seed, i), so sets drawn with other batch sizes or rank counts agree. Under torchrun
-    each rank draws a contiguous share and rank 0 writes the file. An existing file is reused unless `overwrite`.
-    bf16 autocast follows the training rule (emojidiff.train.resolve_precision).
+    each rank draws a contiguous share and rank 0 writes the file. An existing file is reused unless `overwrite` or
+    it was drawn from other weights (its info records the checkpoint's sha256; files without it are redrawn).
+    bf16 autocast follows the training rule (emojidiff.train.resolve_precision); fp16 GPUs sample in fp32.
     """
     from emojidiff import distributed as dist
     from emojidiff.checkpoint import read_meta
@@ -47,14 +48,32 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, num_images
     kimg = float(meta["kimg"])
     out_folder = Path(out_folder)
     path = out_folder / f"{samples_name(kimg, num_images, seed, num_steps)}.npz"
-    if path.is_file() and not overwrite:
-        return path
     info = dist.setup(device)
+    # rank 0 decides for all, so no rank skips while another draws (it would wait in the gather)
+    if dist.broadcast(not overwrite and info.is_main and _drawn_from(path, meta["sha256"]), info):
+        return path
     with run_lock(out_folder, "sampling") if info.is_main else contextlib.nullcontext():
         _sample_into(path, checkpoint, meta, info, num_images, seed, num_steps, batch_size, precision,
                      dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise), progress)
     dist.barrier(info)
     return path
+
+
+def _drawn_from(path: Path, checkpoint_sha256: str) -> bool:
+    """Whether the sample set at `path` exists and was drawn from the checkpoint with this sha256 (else: a note)."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as f:
+            had = json.loads(str(f["info"])).get("checkpoint_sha256")
+    except (OSError, ValueError, KeyError) as e:  # torn or foreign file: redraw it
+        had, why = None, f"unreadable ({e})"
+    else:
+        why = "drawn before samples recorded their checkpoint" if had is None else "drawn from other weights"
+    if had == checkpoint_sha256:
+        return True
+    print(f"redrawing {path.name}: the existing set was {why} (a retrained checkpoint never reuses old samples)")
+    return False
 
 
 def _sample_into(path: Path, checkpoint, meta: dict, info, num_images: int, seed: int, num_steps: int,
@@ -67,6 +86,8 @@ def _sample_into(path: Path, checkpoint, meta: dict, info, num_images: int, seed
 
     net = load_denoiser(checkpoint, info.device, ema=True)
     amp = resolve_precision(precision, info.device)
+    if amp is not None and amp != torch.bfloat16:  # fp16 training (GPUs without bf16): sample in fp32
+        amp = None
     per = -(-num_images // info.world_size)
     start, stop = min(info.rank * per, num_images), min((info.rank + 1) * per, num_images)
     images = generate(net, stop - start, seed, batch_size=batch_size, num_steps=num_steps, start_index=start,
@@ -75,7 +96,8 @@ def _sample_into(path: Path, checkpoint, meta: dict, info, num_images: int, seed
     if info.active:
         images = _gather(images, info)
     if info.is_main:
-        sample_info = {"checkpoint": str(checkpoint), "kimg": float(meta["kimg"]), "width": meta.get("width"),
+        sample_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "kimg": float(meta["kimg"]),
+                       "width": meta.get("width"),
                        "num_images": num_images, "seed": seed, "num_steps": num_steps, "sampler": "heun", **churn,
                        "precision": "bf16" if amp is not None else "fp32", "world_size": info.world_size}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +139,8 @@ def cli_configure(parser) -> None:
     parser.add_argument("--params", required=True, help="profile YAML (params/*.yaml)")
     parser.add_argument("--checkpoint", default=None,
                         help="EMA snapshot or checkpoint (default: the latest EMA snapshot of every width)")
-    parser.add_argument("--num", type=int, default=None, help="images to draw (default: sample.num_images)")
+    # not --num: under torchrun that prefix is taken by torchrun's own --numa-binding (`--num` still abbreviates this)
+    parser.add_argument("--num-images", type=int, default=None, help="images to draw (default: sample.num_images)")
     parser.add_argument("--out", default=None, help="run folder (default outputs/<profile name>)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: the profile's seed)")
 
@@ -143,7 +166,7 @@ def cli_main(args) -> int:
     main = dist.setup(cfg.device).is_main  # under torchrun rank 0 holds the lock for all
     with run_lock(layout.root, "sampling") if main else contextlib.nullcontext():
         for w, ckpt in jobs:
-            path = sample_checkpoint(ckpt, layout.samples(w), args.num or s.num_images,
+            path = sample_checkpoint(ckpt, layout.samples(w), args.num_images or s.num_images,
                                      cfg.seed if args.seed is None else args.seed, s.num_steps, s.batch_size,
                                      cfg.device, cfg.train.precision, s.S_churn, s.S_min, s.S_max, s.S_noise)
             print(f"w{w}: {path}")

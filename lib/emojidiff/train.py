@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from emojidiff import checkpoint as ckpt
 from emojidiff import distributed as dist
-from emojidiff.config import Config, load_config, save_resolved
+from emojidiff.config import Config, TrainConfig, load_config, save_resolved
 from emojidiff.edm import edm_loss
 from emojidiff.ema import ema_beta, make_ema, update_ema
 from emojidiff.grids import save_grid
@@ -27,6 +27,7 @@ from emojidiff.runlock import run_lock
 GRID_IMAGES = 64  # EMA samples drawn at each snapshot, fixed seeds
 GRID_SEED = 123456
 LOG_EVERY = 10  # steps between metrics lines
+CHECK_EVERY_CUDA = 10  # steps between finiteness checks on CUDA (each one syncs); every step on CPU
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,19 +58,45 @@ def next_indices(n: int, batch: int, seed: int, epoch: int, pos: int) -> tuple[t
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware does bf16 fast ('auto'), else fp32 (None)."""
+    """The autocast dtype: bf16 where the hardware does it natively ('auto'), else fp32 (None); fp16 only if asked."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if precision == "fp16":  # CUDA: trained with a GradScaler; sampled in fp32
+        return torch.float16
+    if device.type == "cuda":  # not counting emulation: V100/T4 would run bf16 slower than fp32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         flags = ""
     fast = ("avx512_bf16" in flags or "amx_bf16" in flags) and "AVX512" in torch.backends.cpu.get_cpu_capability()
     return torch.bfloat16 if fast else None
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def memory_format(choice: str, amp: torch.dtype | None, device: torch.device) -> torch.memory_format:
+    """train.channels_last: 'auto' keeps the CPU rule (with bf16 autocast) and is off on CUDA until a GPU shows
+    it pays (ATen's GroupNorm makes its inputs NCHW-contiguous again: bench/gpu_check.py measures both)."""
+    if choice == "on" or (choice == "auto" and device.type != "cuda" and amp is not None):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def accumulation(batch: int, batch_gpu: int, info) -> tuple[int, int]:
+    """(images per forward/backward, rounds per step) for this process's share of the global batch."""
+    per = batch // info.world_size
+    chunk = batch_gpu or per
+    if per % chunk:
+        from emojidiff.config import ConfigError
+
+        raise ConfigError(f"train.batch_gpu={batch_gpu} must divide each process's share ({per} = {batch} / "
+                          f"{info.world_size} processes)")
+    return chunk, per // chunk
 
 
 def batch_loss(net, y: torch.Tensor, rnd_normal: torch.Tensor, noise: torch.Tensor, P_mean: float, P_std: float,
@@ -153,7 +180,8 @@ def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
                                        "resume=False (--no-resume) to start over")
     if meta["width"] != width or meta["seed"] != cfg.seed:
         raise ckpt.CheckpointError(f"{meta['_json']}: trained with width {meta['width']}, seed {meta['seed']}")
-    changed = sorted(k for k, v in now["train"].items() if meta["train"].get(k) != v)
+    defaults = TrainConfig().__dict__  # keys added since that checkpoint count as their defaults
+    changed = sorted(k for k, v in now["train"].items() if meta["train"].get(k, defaults[k]) != v)
     if changed:
         warnings.warn(f"resuming {meta['_json']} with changed train settings: {', '.join(changed)}", stacklevel=3)
 
@@ -176,7 +204,7 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
     tc, info = cfg.train, dist.setup(cfg.device)
     out = layout.train(width)
     out.mkdir(parents=True, exist_ok=True)
-    found = None
+    found, choice = None, None
     if info.is_main:  # the writer tidies first: temp files of killed writes, unreadable checkpoints to bad/
         ckpt.remove_orphans(out)
         had = sorted(out.glob("ckpt-*.json"))
@@ -185,14 +213,24 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
             raise ckpt.CheckpointError(
                 f"{out}: no usable checkpoint (the unreadable ones are in {out / 'bad'}); to start this width over, "
                 "erasing its checkpoints and metrics.jsonl, pass --no-resume (resume=False)")
-    dist.barrier(info)
-    if resume and not info.is_main:  # after rank 0 moved bad ones aside: every rank finds the same one
-        found = ckpt.latest_good(out)
-    images = training_images(cfg) if images is None else images
+        choice = Path(found[1]["_json"]).name if found else None
+    choice = dist.broadcast(choice, info)  # rank 0 chooses: every rank resumes from the same checkpoint
+    if choice is not None and not info.is_main:
+        if not (out / choice).is_file():
+            raise ckpt.CheckpointError(f"rank {info.rank}: {out / choice}, chosen by rank 0 to resume from, is not "
+                                       "on this node's disk; several nodes need a shared run folder")
+        found = ckpt.load(out / choice)
+    if images is None:  # rank 0 builds (or loads) the dataset cache; the others wait, then load it
+        images = training_images(cfg) if info.is_main else None
+        dist.barrier(info)
+        images = training_images(cfg) if images is None else images
     n, total_nimg = len(images), int(round(tc.duration_kimg * 1000))
     B = tc.batch_size
     sl = dist.shard(B, info)  # this rank's part of every global batch
+    chunk, rounds = accumulation(B, tc.batch_gpu, info)
     data = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 NCHW
+    if info.device.type == "cuda":
+        data = data.to(info.device)  # uint8 on the GPU: a batch is gathered there, no host copy per step
 
     if not resume and info.is_main:
         _clear(out)
@@ -205,20 +243,35 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
     np.random.seed(_seed_ints(cfg.seed, width, 3) % 2**32)
     random.seed(_seed_ints(cfg.seed, width, 4))
     net = build_denoiser(cfg.model, width, data.shape[-1], sigma_data).to(info.device).train()
+    if info.active:  # same initial weights everywhere, then each rank its own dropout masks
+        torch.manual_seed(_seed_ints(cfg.seed, width, 5, info.rank))
     amp = resolve_precision(tc.precision, info.device)
+    if amp == torch.float16 and info.device.type != "cuda":
+        raise NotImplementedError(f"train.precision=fp16 needs CUDA (device {info.device}); use bf16 or fp32")
     if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    fmt = torch.channels_last if (amp is not None or info.device.type == "cuda") else torch.contiguous_format
+        torch.backends.cudnn.benchmark = not tc.deterministic  # fixed shapes: let cuDNN pick the fastest kernels
+        torch.backends.cudnn.deterministic = tc.deterministic
+    fmt = memory_format(tc.channels_last, amp, info.device)
     net = net.to(memory_format=fmt)
     ema = make_ema(net)
-    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
-    gen = torch.Generator().manual_seed(_seed_ints(cfg.seed, width, 2))  # noise, sigma and flips
+    fused = {"fused": True} if info.device.type == "cuda" else {}  # one kernel for the whole Adam update
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, **fused)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    # noise, sigma and flips: a CPU generator on CPU (as always, bitwise), drawn on the GPU there
+    gen = torch.Generator(info.device if info.device.type == "cuda" else "cpu")
+    gen.manual_seed(_seed_ints(cfg.seed, width, 2))
     state = {"step": 0, "nimg": 0, "epoch": 0, "pos": 0, "wall_s": 0.0}
     if found is not None:
-        ckpt.restore_state(found[0], found[1], net, ema, opt, {"noise": gen})
+        ckpt.restore_state(found[0], found[1], net, ema, opt, {"noise": gen}, info.rank, info.world_size)
+        if scaler is not None and "grad_scale" in found[1]:
+            scaler.update(float(found[1]["grad_scale"]))
         state = {k: found[1][k] for k in state}
         if info.is_main:
             print(f"resuming {out} from {Path(found[1]['_json']).name} at {state['nimg'] / 1000:g} kimg")
+    if info.is_main and (info.device.type == "cuda" or tc.batch_gpu):
+        print(f"train w{width}: {precision_name(amp)}{' + GradScaler' if scaler else ''} (precision: {tc.precision}) "
+              f"on {info.device}, {'channels_last' if fmt == torch.channels_last else 'NCHW'}, {rounds} x {chunk} "
+              f"images per step and process{', deterministic' if tc.deterministic else ''}")
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
         _trim_metrics(metrics_path, state["step"])
@@ -230,9 +283,10 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
         return {**state, "kind": kind, "kimg": state["nimg"] / 1000, "width": width, "img_resolution": data.shape[-1],
                 "sigma_data": sigma_data, **{k: cfg.to_dict()[k] for k in ("model", "data", "train")},
                 "seed": cfg.seed, "world_size": info.world_size, "torch": torch.__version__,
+                **({"grad_scale": scaler.get_scale()} if scaler is not None else {}),
                 "loss_window": list(losses)}  # losses since the last log line, so a resume logs the same mean
 
-    def snapshot(full: bool, ema_snap: bool) -> None:
+    def snapshot(full: bool, ema_snap: bool, rank_states: list[dict]) -> None:
         """EMA snapshot and its sample grid first, then the resume checkpoint that commits them."""
         stem = f"{state['step']:08d}"
         if ema_snap:
@@ -241,7 +295,7 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
             with torch.random.fork_rng(devices=[]):
                 grid = generate(ema, GRID_IMAGES, GRID_SEED, batch_size=GRID_IMAGES,
                                 num_steps=min(cfg.sample.num_steps, 18), device=info.device,
-                                dtype=torch.float32, autocast=amp is not None, uint8=True, progress=False)
+                                dtype=torch.float32, autocast=amp == torch.bfloat16, uint8=True, progress=False)
             save_grid(out / f"ema-{stem}.png", grid, ncols=8, scale=2)
             snaps = [(round(kimg * 1000) // snap_n, p.with_suffix(".json")) for kimg, p in ckpt.list_snapshots(out)]
             keep = ckpt.thin([k for k, _ in snaps], tc.max_snapshots)
@@ -250,50 +304,86 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
                     ckpt.remove(old)
                     old.with_suffix(".png").unlink(missing_ok=True)
         if full:
-            tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen})
+            tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen}, rank_states)
             saved = ckpt.save(out / f"ckpt-{stem}", tensors, {**meta("checkpoint"), **extra})
             ckpt.prune(out, keep=2, just_saved=saved)  # the latest good, and one before in case it is damaged
 
     snap_n = max(int(tc.snapshot_kimg * 1000), 1)
     ckpt_n = max(int((tc.checkpoint_kimg or tc.snapshot_kimg) * 1000), 1)
+    check_every = CHECK_EVERY_CUDA if info.device.type == "cuda" else 1
     bar = tqdm(total=total_nimg, initial=state["nimg"], unit="img", unit_scale=True, desc=f"train w{width}",
                disable=not (progress and info.is_main), smoothing=0.1)
     t_log, n_log, session_t0, session_n0 = time.perf_counter(), state["nimg"], time.perf_counter(), state["nimg"]
     losses = list(found[1].get("loss_window", [])) if found else []
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, gradient finite) of steps not yet checked
     last_json = found[1]["_json"] if found else None
+    gdev = gen.device
     while state["nimg"] < total_nimg:
         t_step = time.perf_counter()
         idx, state["epoch"], state["pos"] = next_indices(n, B, cfg.seed, state["epoch"], state["pos"])
-        flip = torch.rand(B, generator=gen) < 0.5 if tc.xflip else torch.zeros(B, dtype=torch.bool)
-        rnd_normal = torch.randn(B, 1, 1, 1, generator=gen)  # same draws on every rank: one global batch
-        noise = torch.randn(B, *data.shape[1:], generator=gen)
-        y = data[idx[sl]].float() / 127.5 - 1
-        y = torch.where(flip[sl, None, None, None], y.flip(3), y)
-        y = y.to(info.device, memory_format=fmt)
+        idx = idx.to(data.device)
+        flip = (torch.rand(B, generator=gen, device=gdev) < 0.5 if tc.xflip
+                else torch.zeros(B, dtype=torch.bool, device=gdev))
+        rnd_normal = torch.randn(B, 1, 1, 1, generator=gen, device=gdev)  # same draws on every rank: one global batch
+        noise = torch.randn(B, *data.shape[1:], generator=gen, device=gdev)
         opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = batch_loss(model, y, rnd_normal[sl].to(info.device), noise[sl].to(info.device, memory_format=fmt),
-                              tc.P_mean, tc.P_std, sigma_data).mean()
-        loss.backward()
+        loss_sum = None
+        for r in range(rounds):  # gradient accumulation: `rounds` chunks of this rank's share, one all-reduce
+            part = slice(sl.start + r * chunk, sl.start + (r + 1) * chunk)
+            y = data[idx[part]].float() / 127.5 - 1
+            y = torch.where(flip[part, None, None, None], y.flip(3), y)
+            y = y.to(info.device, memory_format=fmt)
+            sync = ddp.no_sync() if info.active and r < rounds - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    loss = batch_loss(model, y, rnd_normal[part].to(info.device),
+                                      noise[part].to(info.device, memory_format=fmt), tc.P_mean, tc.P_std,
+                                      sigma_data).mean()
+                scaled = loss if rounds == 1 else loss / rounds  # equal chunks: the mean of means is the mean
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         for g in opt.param_groups:  # linear lr ramp-up over lr_rampup_kimg
             g["lr"] = tc.lr * min((state["nimg"] + B) / max(tc.lr_rampup_kimg * 1000, 1e-8), 1)
+        if scaler is not None:
+            scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        loss_val = dist.mean(loss.item(), info)
-        if not (np.isfinite(loss_val) and dist.mean(float(torch.isfinite(grad_norm)), info) == 1.0):
-            bar.close()
-            where = f"the last good checkpoint {last_json} is kept" if last_json else "no checkpoint was written yet"
-            raise TrainingDiverged(f"non-finite loss ({loss_val}) or gradient at step {state['step'] + 1} "
-                                   f"({state['nimg']} images seen), width {width}; stopped, {where}")
-        opt.step()
-        update_ema(ema, net, ema_beta(state["nimg"], B, tc.ema_halflife_kimg, tc.ema_rampup_ratio))
         prev = state["nimg"]
+        done = prev + B >= total_nimg
+        logs = (state["step"] + 1) % LOG_EVERY == 0 or done
+        full = done or (prev + B) // ckpt_n > prev // ckpt_n or (prev + B) // snap_n > prev // snap_n
+        # fp16: an inf gradient is the GradScaler's business (it skips the step), not a divergence
+        finite = torch.isfinite(grad_norm) if scaler is None else torch.ones((), device=grad_norm.device)
+        pending.append((loss_sum if rounds == 1 else loss_sum / rounds, finite))
+        if logs or full or (state["step"] + 1) % check_every == 0:
+            # One all-reduce for the pending steps' losses and gradient flags. On CUDA a non-finite step found here
+            # was applied up to check_every - 1 steps ago; it is still caught before any log line or checkpoint,
+            # so the last good checkpoint is never overwritten by a diverged one.
+            t = torch.stack([torch.stack([lo.float() for lo, _ in pending]).double(),
+                             torch.stack([f.double() for _, f in pending])])
+            t = dist.sum_tensor(t, info).cpu()
+            vals = [v / info.world_size for v in t[0].tolist()]
+            pending.clear()
+            bad = [i for i, (v, f) in enumerate(zip(vals, t[1].tolist())) if not np.isfinite(v) or f != info.world_size]
+            if bad:
+                bar.close()
+                back = len(vals) - 1 - bad[0]  # steps since the first bad one
+                where = (f"the last good checkpoint {last_json} is kept" if last_json
+                         else "no checkpoint was written yet")
+                raise TrainingDiverged(f"non-finite loss ({vals[bad[0]]}) or gradient at step "
+                                       f"{state['step'] + 1 - back} ({prev - back * B} images seen), width {width}; "
+                                       f"stopped, {where}")
+            losses.extend(vals)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        update_ema(ema, net, ema_beta(state["nimg"], B, tc.ema_halflife_kimg, tc.ema_rampup_ratio))
         state["step"] += 1
         state["nimg"] += B
         state["wall_s"] += time.perf_counter() - t_step
-        losses.append(loss_val)
         bar.update(B)
-        done = state["nimg"] >= total_nimg
-        if info.is_main and (state["step"] % LOG_EVERY == 0 or done):
+        if info.is_main and logs:
             now = time.perf_counter()
             rec = {"step": state["step"], "kimg": state["nimg"] / 1000, "loss": float(np.mean(losses)),
                    "lr": opt.param_groups[0]["lr"], "img_per_s": (state["nimg"] - n_log) / (now - t_log),
@@ -302,10 +392,13 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
             t_log, n_log, losses = now, state["nimg"], []
-        full = done or state["nimg"] // ckpt_n > prev // ckpt_n or state["nimg"] // snap_n > prev // snap_n
+        elif logs:
+            losses = []
+        if full:
+            rank_states = dist.gather(ckpt.rank_rng_state(), info)  # each rank's own CPU/CUDA RNG states
         if full and info.is_main:
             t_snap = time.perf_counter()
-            snapshot(True, done or state["nimg"] // snap_n > prev // snap_n)
+            snapshot(True, done or state["nimg"] // snap_n > prev // snap_n, rank_states)
             last_json = str(sorted(out.glob("ckpt-*.json"))[-1])
             t_log += time.perf_counter() - t_snap  # keep img/s about training
         if full:
@@ -315,7 +408,7 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
     summary = {"width": width, "train_dir": str(out), "steps": state["step"], "kimg": state["nimg"] / 1000,
                "wall_s": state["wall_s"], "session_s": session_s,
                "img_per_s": (state["nimg"] - session_n0) / max(session_s, 1e-9) if state["nimg"] > session_n0 else None,
-               "sigma_data": sigma_data, "precision": "bf16" if amp is not None else "fp32",
+               "sigma_data": sigma_data, "precision": precision_name(amp), "batch_gpu": chunk, "rounds": rounds,
                "device": str(info.device), "world_size": info.world_size,
                "params": sum(p.numel() for p in net.parameters()), "resumed_from": found[1]["_json"] if found else None,
                "final_loss": float(read_metrics(out)["loss"].tail(10).mean()) if info.is_main else None,
