@@ -270,3 +270,114 @@ def test_remove_killed_half_way_leaves_no_commit_marker_without_tensors(tmp_path
         warnings.simplefilter("error")  # nothing half-deleted is even looked at
         _, meta = ckpt.latest_good(tmp_path)
     assert meta["step"] == 1
+
+
+class _FakeCuda:
+    """torch.cuda's RNG functions for a machine with `count` GPUs, this process on `current`."""
+
+    def __init__(self, monkeypatch, count: int, current: int = 0):
+        self.count, self.current, self.set = count, current, []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": self.state(self.current))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [self.state(i) for i in range(self.count)])
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": self.set.append(s.clone()))
+
+        def set_all(states):  # torch's own: one state per visible GPU, IndexError past them
+            for i, s in enumerate(states):
+                if i >= self.count:
+                    raise IndexError(f"no GPU {i}")
+                self.set.append(s.clone())
+
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+
+    @staticmethod
+    def state(i: int) -> torch.Tensor:
+        return torch.full((16,), 10 + i, dtype=torch.uint8)
+
+
+def _tiny_state():
+    net = torch.nn.Linear(2, 2)
+    return net, make_ema(net), torch.optim.Adam(net.parameters())
+
+
+def test_each_rank_gets_back_its_own_cpu_and_cuda_rng_states(tmp_path, monkeypatch):
+    fake = _FakeCuda(monkeypatch, count=2, current=1)
+    states = []
+    for r in range(2):  # what each rank's rank_rng_state() gives, gathered to rank 0
+        torch.manual_seed(100 + r)
+        fake.current = r
+        states.append(ckpt.rank_rng_state())
+    assert [torch.equal(s["cuda"], _FakeCuda.state(r)) for r, s in enumerate(states)] == [True, True]
+    tensors, extra = ckpt.pack_state(*_tiny_state(), {}, states)
+    assert {"rng.rank0.torch", "rng.rank1.torch", "rng.rank0.cuda", "rng.rank1.cuda"} <= set(tensors)
+    ckpt.save(tmp_path / "ckpt-1", tensors, {**_meta(), **extra})
+    t, meta = ckpt.load(tmp_path / "ckpt-1.json")
+    torch.manual_seed(101)
+    want = torch.rand(4)
+    torch.manual_seed(0)
+    fake.current = 1
+    ckpt.restore_state(t, meta, *_tiny_state(), {}, rank=1, world_size=2)
+    assert torch.equal(torch.rand(4), want)  # rank 1's stream, not rank 0's
+    assert len(fake.set) == 1 and torch.equal(fake.set[0], _FakeCuda.state(1))
+
+
+def test_an_old_checkpoint_of_four_gpus_resumes_on_one_without_index_error(tmp_path, monkeypatch):
+    net, ema, opt = _tiny_state()
+    torch.manual_seed(5)
+    want = torch.rand(4)
+    torch.manual_seed(5)
+    tensors, extra = ckpt.pack_state(net, ema, opt, {})
+    # the layout written before per-rank states: rng.torch, and rng.cuda.<i> for every visible GPU
+    old = {k: v for k, v in tensors.items() if not k.startswith("rng.rank")}
+    old["rng.torch"] = tensors["rng.rank0.torch"]
+    old |= {f"rng.cuda.{i}": _FakeCuda.state(i) for i in range(4)}
+    extra["rng"] = {k: extra["rng"][k] for k in ("numpy", "python")}
+    ckpt.save(tmp_path / "ckpt-1", old, {**_meta(), **extra})
+    t, meta = ckpt.load(tmp_path / "ckpt-1.json")
+    fake = _FakeCuda(monkeypatch, count=1)
+    torch.manual_seed(0)
+    ckpt.restore_state(t, meta, *_tiny_state(), {})
+    assert torch.equal(torch.rand(4), want)
+    assert len(fake.set) == 1 and torch.equal(fake.set[0], _FakeCuda.state(0))
+    fake.current, fake.set = 6, []  # no state for this GPU: a warning, not a crash
+    with pytest.warns(UserWarning, match=r"CUDA RNG states for 4 GPU\(s\), none for cuda:6"):
+        ckpt.restore_state(t, meta, *_tiny_state(), {})
+    assert fake.set == []
+
+
+def test_another_world_size_resumes_with_a_warning_and_keeps_fresh_seeds_for_new_ranks(tmp_path):
+    states = []
+    for r in range(2):
+        torch.manual_seed(200 + r)
+        states.append(ckpt.rank_rng_state())
+    tensors, extra = ckpt.pack_state(*_tiny_state(), {}, states)
+    ckpt.save(tmp_path / "ckpt-1", tensors, {**_meta(), **extra})
+    t, meta = ckpt.load(tmp_path / "ckpt-1.json")
+    torch.manual_seed(200)
+    want0 = torch.rand(4)
+    with pytest.warns(UserWarning, match=r"written by 2 process\(es\), resumed by 1"):
+        ckpt.restore_state(t, meta, *_tiny_state(), {}, rank=0, world_size=1)
+    assert torch.equal(torch.rand(4), want0)
+    parts = _tiny_state()
+    torch.manual_seed(7)  # this rank's fresh per-rank seed
+    fresh = torch.get_rng_state()
+    with pytest.warns(UserWarning, match=r"resumed by 3: ranks without saved RNG states keep their fresh"):
+        ckpt.restore_state(t, meta, *parts, {}, rank=2, world_size=3)
+    assert torch.equal(torch.get_rng_state(), fresh)
+
+
+def test_a_generator_saved_on_another_device_type_warns_instead_of_failing(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    tensors, extra = ckpt.pack_state(*_tiny_state(), {"noise": gen})
+    assert extra["rng"]["generator_devices"] == {"noise": "cpu"}
+    extra["rng"]["generator_devices"] = {"noise": "cuda:0"}  # as a GPU run writes it
+    ckpt.save(tmp_path / "ckpt-1", tensors, {**_meta(), **extra})
+    t, meta = ckpt.load(tmp_path / "ckpt-1.json")
+    g = torch.Generator().manual_seed(11)
+    before = g.get_state()
+    with pytest.warns(UserWarning, match=r"RNG 'noise' was on cuda:0, now on cpu"):
+        ckpt.restore_state(t, meta, *_tiny_state(), {"noise": g})
+    assert torch.equal(g.get_state(), before)

@@ -138,3 +138,32 @@ def test_an_empty_profile_is_refused_not_taken_for_the_cpu_one(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"empty\.yaml: empty profile"):
         load_config(path)
+
+
+def test_the_removed_num_workers_key_loads_with_a_warning_naming_it(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\ntrain:\n  batch_size: 32\n  num_workers: 4\n")
+    with pytest.warns(UserWarning, match=r"old\.yaml: train\.num_workers was removed .*ignored, delete it"):
+        cfg = load_config(path)
+    assert cfg.train.batch_size == 32 and "num_workers" not in cfg.to_dict()["train"]
+    with pytest.raises(ConfigError, match="unknown key model.num_workers"):  # removed only where it was
+        config_from_dict({"model": {"num_workers": 4}})
+
+
+@pytest.mark.parametrize("train, key", [({"batch_gpu": -1}, "train.batch_gpu"),
+                                        ({"batch_size": 64, "batch_gpu": 24}, "train.batch_gpu"),
+                                        ({"channels_last": "yes"}, "train.channels_last"),
+                                        ({"precision": "fp8"}, "train.precision")])
+def test_gpu_training_keys_are_checked(train, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config_from_dict({"train": train})
+    assert config_from_dict({"train": {"batch_size": 64, "batch_gpu": 16, "precision": "fp16"}}).train.batch_gpu == 16
+
+
+def test_the_paper_profile_accumulates_to_fit_a_24_gb_card_and_checkpoints_rarely(repo):
+    paper = load_config(repo / "params/paper.yaml").train
+    assert 0 < paper.batch_gpu < paper.batch_size and paper.batch_size % paper.batch_gpu == 0
+    assert paper.checkpoint_kimg >= 5 * 50  # was every 50 kimg: ~10 s of 4-GPU training, 2.4 s to save each
+    for name in ("cpu", "smoke"):  # the CPU profiles keep today's bitwise step
+        t = load_config(repo / f"params/{name}.yaml").train
+        assert (t.batch_gpu, t.channels_last, t.deterministic) == (0, "auto", False)

@@ -98,3 +98,52 @@ def test_sample_from_a_damaged_newest_snapshot_names_it_and_takes_the_previous_g
     # Named explicitly, the damaged snapshot is refused by name instead.
     with pytest.raises(ckpt.CheckpointError, match=r"ema-00000002\.safetensors: checksum mismatch"):
         main(["--debug", "sample", "--params", str(params), "--out", str(layout.root), "--checkpoint", str(bad)])
+
+
+def test_a_retrained_checkpoint_never_reuses_the_old_samples_and_unkeyed_sets_are_redrawn(tmp_path, capsys):
+    import json
+
+    from _train_tiny import synthetic_images, tiny_config
+
+    from emojidiff.config import config_from_dict
+    from emojidiff.train import train_width
+
+    torch.set_num_threads(1)
+    layout = RunLayout(tmp_path / "run")
+    kw = dict(seed=0, num_steps=2, batch_size=4, device="cpu", precision="fp32", progress=False)
+
+    def train_and_sample(seed, resume):
+        cfg = tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04)
+        train_width(config_from_dict({**cfg, "seed": seed}), layout, 8, resume=resume, images=synthetic_images(),
+                    progress=False)
+        (snap,) = layout.train(8).glob("ema-*.safetensors")
+        path = sample_checkpoint(snap, layout.samples(8), 4, **kw)
+        with np.load(path) as f:
+            return path, f["images"], json.loads(str(f["info"]))
+
+    path, first, info = train_and_sample(3, True)
+    assert info["checkpoint_sha256"] == ckpt.read_meta(next(layout.train(8).glob("ema-*.json")))["sha256"]
+    again = sample_checkpoint(next(layout.train(8).glob("ema-*.safetensors")), layout.samples(8), 4, **kw)
+    assert again == path and "redrawing" not in capsys.readouterr().out  # same weights: reused
+    path2, second, info2 = train_and_sample(4, False)  # `train --no-resume`: same step, same kimg, new weights
+    assert path2 == path and info2["checkpoint_sha256"] != info["checkpoint_sha256"]
+    assert not np.array_equal(first, second)
+    assert "drawn from other weights" in capsys.readouterr().out
+    # a set written before samples recorded their checkpoint: still readable, but redrawn on request
+    np.savez(path, images=np.zeros_like(second), info=json.dumps({k: v for k, v in info2.items()
+                                                                  if k != "checkpoint_sha256"}))
+    assert load_samples(layout, 8)[0].shape == second.shape
+    sample_checkpoint(next(layout.train(8).glob("ema-*.safetensors")), layout.samples(8), 4, **kw)
+    assert "drawn before samples recorded their checkpoint" in capsys.readouterr().out
+    np.testing.assert_array_equal(load_samples(layout, 8)[0], second)
+
+
+def test_the_image_count_flag_is_not_taken_by_torchrun():
+    from torch.distributed.run import get_args_parser
+
+    from emojidiff.cli import build_parser
+
+    args = ["sample", "--params", "p.yaml", "--num-images", "5"]
+    assert build_parser().parse_args(args).num_images == 5
+    launched = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "emojidiff.cli", *args])
+    assert launched.training_script_args == args  # torchrun passes it on (it would take --num as --numa-binding)

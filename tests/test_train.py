@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,14 +148,19 @@ def test_sigkill_at_a_random_moment_then_resume_matches_uninterrupted_run(tmp_pa
     cmd = [sys.executable, str(HELPER), json.dumps(cfg)]
 
     run_dir = tmp_path / "killed" / "train" / "w8"
-    proc = subprocess.Popen([*cmd, str(tmp_path / "killed")], env=env)
-    deadline = time.time() + 120
-    while not list(run_dir.glob("ckpt-*.json")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))  # anywhere after the first checkpoint, even inside a save
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max((json.loads(p.read_text())["step"] for p in run_dir.glob("ckpt-*.json")), default=0)
+    for max_delay in (1.0, 0.2, 0.0):  # a shorter delay when fast hardware finished before the kill
+        shutil.rmtree(tmp_path / "killed", ignore_errors=True)
+        proc = subprocess.Popen([*cmd, str(tmp_path / "killed")], env=env)
+        deadline = time.time() + 120
+        while not list(run_dir.glob("ckpt-*.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(random.uniform(0.0, max_delay))  # anywhere after the first checkpoint, even inside a save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = max((json.loads(p.read_text())["step"] for p in run_dir.glob("ckpt-*.json")), default=0)
+        if killed_at < 40:  # the final checkpoint was not yet written: resume has work to do
+            break
+    assert killed_at < 40, "the training finished before every kill: the resume was never exercised"
     subprocess.run([*cmd, str(tmp_path / "killed")], check=True, env=env, timeout=300)
 
     ref, got = _final_tensors(tmp_path / "ref" / "train" / "w8"), _final_tensors(run_dir)
@@ -360,3 +366,105 @@ def test_a_torn_metrics_line_and_orphaned_temporary_files_are_cleaned_up_at_resu
         _run(tiny_config(duration_kimg=0.12), part)
     assert not orphan.exists() and not list(out.glob(".*.tmp*"))
     assert _log(out) == _log(ref.train(8))  # same steps and the same mean losses as the uninterrupted run
+
+
+def test_update_ema_in_one_foreach_launch_is_bitwise_the_per_tensor_lerp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8)).to(memory_format=torch.channels_last)
+    ema, ref = make_ema(net), make_ema(net)
+    for beta in (0.0, 0.5, 0.93, 0.999):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        update_ema(ema, net, beta)
+        with torch.no_grad():  # the per-tensor update the training used before
+            for pe, pn in zip(ref.parameters(), net.parameters(), strict=True):
+                pe.copy_(pn.detach().lerp(pe, beta))
+        assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), ref.parameters(), strict=True))
+    assert not torch.equal(ema[0].weight, net[0].weight)  # it averaged, not copied
+
+
+def test_gradient_accumulation_gives_the_update_of_one_large_batch(tmp_path):
+    cfg = tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04)  # 5 steps of 8
+    whole = _run(cfg, RunLayout(tmp_path / "whole"))
+    same = _run({**cfg, "train": {**cfg["train"], "batch_gpu": 8}}, RunLayout(tmp_path / "same"))
+    acc = _run({**cfg, "train": {**cfg["train"], "batch_gpu": 2}}, RunLayout(tmp_path / "acc"))
+    assert (whole["rounds"], same["rounds"], acc["rounds"], acc["batch_gpu"]) == (1, 1, 4, 2)
+    # batch_gpu equal to the whole batch is the unaccumulated step, bit for bit
+    assert (same["net_sha256"], same["ema_sha256"]) == (whole["net_sha256"], whole["ema_sha256"])
+    a, b = _final_tensors(tmp_path / "whole/train/w8"), _final_tensors(tmp_path / "acc/train/w8")
+    assert acc["net_sha256"] != whole["net_sha256"]  # other float rounding, so the comparison below is real
+    for k in (k for k in a if k.startswith(("net.", "ema.", "opt."))):
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    la, lb = (read_metrics(tmp_path / d / "train/w8")["loss"] for d in ("whole", "acc"))
+    np.testing.assert_allclose(lb, la, rtol=1e-5)  # the logged loss is the mean over the chunks
+
+
+def test_batch_gpu_that_does_not_divide_a_process_share_is_refused():
+    from emojidiff.config import ConfigError
+    from emojidiff.distributed import DistInfo
+    from emojidiff.train import accumulation
+
+    assert accumulation(256, 0, DistInfo(0, 4)) == (64, 1)  # 0: the whole share, one round
+    assert accumulation(256, 32, DistInfo(0, 4)) == (32, 2)
+    assert accumulation(256, 64, DistInfo(0, 1)) == (64, 4)
+    with pytest.raises(ConfigError, match=r"train.batch_gpu=64 must divide each process's share \(32 = 256 / 8"):
+        accumulation(256, 64, DistInfo(0, 8))  # divides the batch (the profile check) but not a rank's share
+
+
+def test_finiteness_checked_every_few_steps_still_names_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    train_mod = sys.modules["emojidiff.train"]
+    monkeypatch.setattr(train_mod, "CHECK_EVERY_CPU", 4)  # as on CUDA: steps 4, 8, 12 ... and before checkpoints
+    calls = {"n": 0}
+    real = train_mod.batch_loss
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 13 else loss
+
+    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\).*at step 13 \(96 images.*ckpt-00000010"):
+        _run(tiny_config(), RunLayout(tmp_path))
+    assert calls["n"] == 15  # found at step 15, which would have written a checkpoint: none was
+    kept = sorted((tmp_path / "train" / "w8").glob("ckpt-*.json"))
+    assert [p.name for p in kept] == ["ckpt-00000005.json", "ckpt-00000010.json"]
+
+
+def test_precision_auto_on_cuda_ignores_emulated_bf16_and_fp16_is_cuda_only(monkeypatch, tmp_path):
+    from emojidiff.train import memory_format
+
+    asked = []
+
+    def bf16_supported(including_emulation=True):  # a V100/T4: bf16 only by emulation
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
+    assert resolve_precision("auto", torch.device("cuda:0")) is None and asked == [False]
+    assert resolve_precision("fp16", torch.device("cuda:0")) is torch.float16
+    assert resolve_precision("bf16", torch.device("cuda:0")) is torch.bfloat16  # asked for: as asked
+    with pytest.raises(NotImplementedError, match="fp16 needs CUDA"):
+        _run(tiny_config(precision="fp16"), RunLayout(tmp_path))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
+    assert memory_format("auto", torch.bfloat16, cpu) == torch.channels_last  # the CPU rule of before
+    assert memory_format("auto", None, cpu) == torch.contiguous_format
+    assert memory_format("auto", torch.bfloat16, cuda) == torch.contiguous_format  # until a GPU benchmark says
+    assert memory_format("on", None, cuda) == torch.channels_last
+    assert memory_format("off", torch.bfloat16, cpu) == torch.contiguous_format
+
+
+def test_old_checkpoints_resume_without_warning_about_keys_added_since(tmp_path):
+    import warnings
+
+    part = RunLayout(tmp_path)
+    _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), part)
+    (js,) = (tmp_path / "train" / "w8").glob("ckpt-*.json")
+    meta = json.loads(js.read_text())
+    for key in ("batch_gpu", "channels_last", "deterministic"):  # as written before these keys existed
+        del meta["train"][key]
+    meta["train"]["num_workers"] = 0
+    js.write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), part)["steps"] == 5
