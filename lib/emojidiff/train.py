@@ -1,4 +1,4 @@
-"""Train the EDM denoiser: Adam with lr ramp-up, EMA, resumable checkpoints, bf16 on CPU/GPU, torchrun."""
+"""Train the EDM denoiser: Adam with lr ramp-up, EMA, resumable checkpoints, bf16/fp16, accumulation, torchrun."""
 
 from __future__ import annotations
 
@@ -252,6 +252,9 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = not tc.deterministic  # fixed shapes: let cuDNN pick the fastest kernels
         torch.backends.cudnn.deterministic = tc.deterministic
+        if tc.deterministic:  # no atomics-based kernels where torch has others (cuBLAS needs its workspace fixed)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
     fmt = memory_format(tc.channels_last, amp, info.device)
     net = net.to(memory_format=fmt)
     ema = make_ema(net)
