@@ -368,19 +368,23 @@ def test_a_torn_metrics_line_and_orphaned_temporary_files_are_cleaned_up_at_resu
     assert _log(out) == _log(ref.train(8))  # same steps and the same mean losses as the uninterrupted run
 
 
-def test_update_ema_in_one_foreach_launch_is_bitwise_the_per_tensor_lerp():
+def test_the_cuda_ema_update_in_one_foreach_launch_agrees_with_the_per_tensor_lerp():
+    from emojidiff.ema import lerp_foreach
+
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8)).to(memory_format=torch.channels_last)
-    ema, ref = make_ema(net), make_ema(net)
+    ema, ref, fused = make_ema(net), make_ema(net), make_ema(net)
     for beta in (0.0, 0.5, 0.93, 0.999):
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(torch.randn_like(p))
-        update_ema(ema, net, beta)
-        with torch.no_grad():  # the per-tensor update the training used before
+            update_ema(ema, net, beta)  # on CPU: the per-tensor update training always used, bit for bit
             for pe, pn in zip(ref.parameters(), net.parameters(), strict=True):
                 pe.copy_(pn.detach().lerp(pe, beta))
+            lerp_foreach(list(fused.parameters()), list(net.parameters()), beta)  # the CUDA path, here on CPU
         assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), ref.parameters(), strict=True))
+        for a, b in zip(fused.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert not torch.equal(ema[0].weight, net[0].weight)  # it averaged, not copied
 
 
