@@ -168,6 +168,15 @@ def main() -> None:
               "(False: atomics in some backward kernels; the resume itself worked)")
         save()
 
+    if cuda and budget("fp16 + GradScaler (the fallback for GPUs without native bf16): 20 steps and a resume"):
+        w = min(base.model.widths)
+        layout = RunLayout(out / "fp16")
+        a = train_width(profile(20, 10, precision="fp16"), layout, w, resume=False, images=images, progress=False)
+        b = train_width(profile(30, 10, precision="fp16"), layout, w, resume=True, images=images, progress=False)
+        res["fp16"] = {"img_per_s": a["img_per_s"], "final_loss": b["final_loss"], "resumed_from": b["resumed_from"]}
+        print(f"  {res['fp16']}")
+        save()
+
     if budget("sampling img/s (widest width, 18 Heun steps)"):
         from emojidiff.checkpoint import list_snapshots
         from emojidiff.sampling import sample_checkpoint

@@ -260,18 +260,18 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
     ema = make_ema(net)
     fused = {"fused": True} if info.device.type == "cuda" else {}  # one kernel for the whole Adam update
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, **fused)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     # noise, sigma and flips: a CPU generator on CPU (as always, bitwise), drawn on the GPU there
     gen = torch.Generator(info.device if info.device.type == "cuda" else "cpu")
     gen.manual_seed(_seed_ints(cfg.seed, width, 2))
     state = {"step": 0, "nimg": 0, "epoch": 0, "pos": 0, "wall_s": 0.0}
     if found is not None:
         ckpt.restore_state(found[0], found[1], net, ema, opt, {"noise": gen}, info.rank, info.world_size)
-        if scaler is not None and "grad_scale" in found[1]:
-            scaler.update(float(found[1]["grad_scale"]))
         state = {k: found[1][k] for k in state}
         if info.is_main:
             print(f"resuming {out} from {Path(found[1]['_json']).name} at {state['nimg'] / 1000:g} kimg")
+    scaler = None  # fp16 only: loss scaling, its scale carried across resumes
+    if amp == torch.float16:
+        scaler = torch.amp.GradScaler("cuda", init_scale=float((found[1] if found else {}).get("grad_scale", 2**16)))
     if info.is_main and (info.device.type == "cuda" or tc.batch_gpu):
         print(f"train w{width}: {precision_name(amp)}{' + GradScaler' if scaler else ''} (precision: {tc.precision}) "
               f"on {info.device}, {'channels_last' if fmt == torch.channels_last else 'NCHW'}, {rounds} x {chunk} "
