@@ -109,7 +109,8 @@ def test_training_writes_checkpoints_logs_grids_and_ramps_lr(tmp_path):
         assert _run(tiny_config(duration_kimg=0.176, snapshot_kimg=0.08), RunLayout(tmp_path))["steps"] == 22
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def _poison_loss_at(monkeypatch, step: int) -> dict:
+    """Make the training loss NaN at one step; returns the call counter."""
     train_mod = sys.modules["emojidiff.train"]  # the module (emojidiff.train is the function)
     calls = {"n": 0}
     real = train_mod.batch_loss
@@ -117,9 +118,14 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     def poisoned(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 13 else loss
+        return loss * float("nan") if calls["n"] == step else loss
 
     monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    return calls
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    _poison_loss_at(monkeypatch, 13)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss.*step 13 .*ckpt-00000010\.json is kept"):
         _run(tiny_config(), RunLayout(tmp_path))
     kept = sorted((tmp_path / "train" / "w8").glob("ckpt-*.json"))
@@ -419,15 +425,7 @@ def test_batch_gpu_that_does_not_divide_a_process_share_is_refused():
 def test_finiteness_checked_every_few_steps_still_names_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     train_mod = sys.modules["emojidiff.train"]
     monkeypatch.setattr(train_mod, "CHECK_EVERY_CPU", 4)  # as on CUDA: steps 4, 8, 12 ... and before checkpoints
-    calls = {"n": 0}
-    real = train_mod.batch_loss
-
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 13 else loss
-
-    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    calls = _poison_loss_at(monkeypatch, 13)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\).*at step 13 \(96 images.*ckpt-00000010"):
         _run(tiny_config(), RunLayout(tmp_path))
     assert calls["n"] == 15  # found at step 15, which would have written a checkpoint: none was
