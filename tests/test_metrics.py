@@ -221,3 +221,19 @@ def test_paired_mse_pairs_image_i_with_image_i():
     np.testing.assert_allclose(emojidiff.metrics.paired_mse(a, b[::-1]), np.diag(_brute(a, b[::-1])), rtol=1e-6)
     with pytest.raises(ValueError, match="differ in count or size"):
         emojidiff.metrics.paired_mse(a, b[:4])
+
+
+def test_fid_of_float32_stats_is_computed_in_float64():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(400, 64)), rng.normal(0.01, 1.0, size=(400, 64))
+    stats = [s.astype(np.float32) for s in (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))]
+    exact = fid_from_stats(*[s.astype(np.float64) for s in stats])
+    assert fid_from_stats(*stats) == pytest.approx(exact, rel=1e-12, abs=1e-12)
+
+
+def test_fid_of_rank_deficient_covariances_is_finite_and_zero_for_the_same_set():
+    # fewer samples than dimensions: eigenvalues that should be 0 come out slightly negative
+    x = np.random.default_rng(6).normal(size=(20, 64))
+    assert emojidiff.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-4)  # trace about 60: rounding only
+    y = np.random.default_rng(7).normal(size=(20, 64))
+    assert np.isfinite(emojidiff.fid_from_features(x, y))

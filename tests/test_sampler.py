@@ -133,3 +133,16 @@ def test_generate_uint8_and_errors(tiny_denoiser):
         generate(gaussian_denoiser, 2, seed=0, progress=False)
     e = generate(gaussian_denoiser, 3, seed=0, num_steps=2, sampler="euler", shape=(1, 2, 2), progress=False)
     assert e.shape == (3, 1, 2, 2)
+
+
+def test_karras_schedule_edges_that_are_valid_and_those_that_are_not():
+    # two steps: exactly sigma_max then sigma_min (the ramp divides by N - 1), then 0
+    assert torch.allclose(karras_sigmas(2, 0.5, 4.0, 7.0), torch.tensor([4.0, 0.5, 0.0], dtype=torch.float64))
+    assert torch.allclose(karras_sigmas(3, 1.0, 1.0), torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64))
+    # 0 < rho <= 1 is valid: with rho = 0.5 the midpoint is ((1 + 0.25^2) / 2)^0.5
+    expected = torch.tensor([1.0, 0.53125**0.5, 0.25, 0.0], dtype=torch.float64)
+    assert torch.allclose(karras_sigmas(3, 0.25, 1.0, rho=0.5), expected)
+    for bad in ({"sigma_min": 0.0}, {"rho": 0.0}, {"sigma_min": 2.0, "sigma_max": 1.0}, {"num_steps": 0}):
+        kwargs = {"num_steps": 3, "sigma_min": 0.1, "sigma_max": 1.0, **bad}
+        with pytest.raises(ValueError, match="need num_steps >= 1"):
+            karras_sigmas(**kwargs)
