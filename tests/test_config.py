@@ -167,3 +167,14 @@ def test_the_paper_profile_accumulates_to_fit_a_24_gb_card_and_checkpoints_rarel
     for name in ("cpu", "smoke"):  # the CPU profiles keep today's bitwise step
         t = load_config(repo / f"params/{name}.yaml").train
         assert (t.batch_gpu, t.channels_last, t.deterministic) == (0, "auto", False)
+
+
+def test_the_removed_copy_rule_keys_load_with_a_warning(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\neval:\n  copy_mse: 0.005\n  copy_ratio: 0.33\nstudy:\n  copy_rule: mse\n")
+    with pytest.warns(UserWarning) as caught:
+        cfg = load_config(path)
+    said = " ".join(str(w.message) for w in caught)
+    for key in ("eval.copy_mse", "eval.copy_ratio", "study.copy_rule"):
+        assert f"{key} was removed (the copy threshold is chosen from the data" in said
+    assert not hasattr(cfg.eval, "copy_mse") and not hasattr(cfg.study, "copy_rule")

@@ -81,8 +81,6 @@ class EvalConfig:
     domain_features: bool = True  # FID/KID on a small network trained on the fusions
     kid_subsets: int = 100
     kid_subset_size: int = 1000
-    copy_ratio: float = 0.3333333333333333  # nearest/second-nearest distance ratio that counts as a copy
-    copy_mse: float = 0.005  # min-MSE ([-1, 1] scale) under which a sample counts as a copy
     snapshots: str = "all"  # "all" or "last": which EMA snapshots to evaluate
     max_snapshots: int = 0  # evaluate at most this many snapshots per width, evenly spaced, last kept (0: no cap)
     domain_epochs: int = 6  # training epochs of the domain-feature network (parents classifier)
@@ -92,7 +90,6 @@ class EvalConfig:
 class StudyConfig:
     pairs: int = 60  # two-alternative pairs shown per human-study session
     answers_csv: str = "human_study/answers.csv"  # relative to the run's output folder
-    copy_rule: str = "mse"  # probe: a sample sits on a fusion by "mse" (eval.copy_mse), "ratio", "both", "either"
     neighbours: int = 5  # nearest fusions shown per sample in the browser
     trace_patch: int = 5  # odd patch size (pixels) for component tracing
 
@@ -167,7 +164,9 @@ def _coerce(value, tp, key: str, source: str):
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
-REMOVED = {"train.num_workers": "training indexes the images in memory; it never used workers"}
+COPY_RULE = "the copy threshold is chosen from the data (emojidiff.classify_samples, metrics/copy_thresholds.json)"
+REMOVED = {"train.num_workers": "training indexes the images in memory; it never used workers",
+           "eval.copy_mse": COPY_RULE, "eval.copy_ratio": COPY_RULE, "study.copy_rule": COPY_RULE}
 
 
 def _build(cls, data: dict, source: str, prefix: str = ""):
@@ -253,15 +252,11 @@ def _validate(cfg: Config, source: str) -> None:
         (s.S_noise > 0, "sample.S_noise", "must be positive", s.S_noise),
         (e.kid_subsets > 0, "eval.kid_subsets", "must be positive", e.kid_subsets),
         (e.kid_subset_size > 1, "eval.kid_subset_size", "must be >= 2", e.kid_subset_size),
-        (0 < e.copy_ratio <= 1, "eval.copy_ratio", "must be in (0, 1]", e.copy_ratio),
-        (e.copy_mse >= 0, "eval.copy_mse", "must be >= 0", e.copy_mse),
         (e.snapshots in ("all", "last"), "eval.snapshots", "must be 'all' or 'last'", e.snapshots),
         (e.max_snapshots >= 0, "eval.max_snapshots", "must be >= 0 (0: no cap)", e.max_snapshots),
         (e.domain_epochs >= 1, "eval.domain_epochs", "must be >= 1", e.domain_epochs),
         (st.pairs > 0, "study.pairs", "must be positive", st.pairs),
         (bool(st.answers_csv), "study.answers_csv", "must name a file", st.answers_csv),
-        (st.copy_rule in ("mse", "ratio", "both", "either"), "study.copy_rule", "must be mse, ratio, both or either",
-         st.copy_rule),
         (st.neighbours > 0, "study.neighbours", "must be positive", st.neighbours),
         (st.trace_patch > 0 and st.trace_patch % 2 == 1, "study.trace_patch", "must be a positive odd number",
          st.trace_patch),

@@ -179,7 +179,7 @@ def evaluate(cfg, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
             with np.load(spath) as f:
                 images = f["images"]
             table = classify_samples(images, ds, xflip=cfg.train.xflip)
-            thresholds = table.attrs.get("thresholds", {"copy_mse": e.copy_mse})
+            thresholds = table.attrs["thresholds"]
             row = {"width": width, "kimg": kimg, "num_samples": len(images), **copy_columns(table, holdout_share(ds)),
                    **memoriser_columns(images, memoriser, thresholds["copy_mse"])}
             for sp in ("domain", "inception"):
