@@ -248,3 +248,15 @@ def test_a_tie_shares_a_rank_and_draws_a_ranking():
     x, y = ax.lines[0].get_data()  # the strength points, one per source, inside the visible range
     lo, hi = ax.get_ylim()
     assert len(x) == 2 and all(lo < v < hi for v in y)
+
+
+def test_a_failed_write_leaves_the_buttons_usable_and_the_pair_unanswered(tmp_path, monkeypatch):
+    w = StudyWidget(StudySession(make_pairs(SIZES, 3), tmp_path / "a.csv"), _images(), min_seconds=0.0)
+
+    def full_disk(side):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(w.session, "answer", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        w.choose("left")
+    assert not w.left_btn.disabled and not w.right_btn.disabled and w.session.done == 0

@@ -198,9 +198,10 @@ class StudyWidget:
             if time.monotonic() - self._drawn_at < self.min_seconds:
                 return None  # the pair was drawn a moment ago: a double-click's second click, not an answer
             self.left_btn.disabled = self.right_btn.disabled = True  # no more clicks on this pair
-            row = self.session.answer(side)
-            self.render()
-            return row
+            try:
+                return self.session.answer(side)
+            finally:  # the next pair, or this one again if the answer could not be written (buttons re-enabled)
+                self.render()
 
     def render(self):
         from emojidiff.browser import png_bytes

