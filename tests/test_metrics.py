@@ -237,3 +237,10 @@ def test_fid_of_rank_deficient_covariances_is_finite_and_zero_for_the_same_set()
     assert emojidiff.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-4)  # trace about 60: rounding only
     y = np.random.default_rng(7).normal(size=(20, 64))
     assert np.isfinite(emojidiff.fid_from_features(x, y))
+
+
+def test_training_floor_above_the_training_set_size_is_not_the_set_against_itself():
+    train = np.random.default_rng(8).normal(size=(300, 16))
+    floors = fid_kid_floors(train, None, n=1000)
+    assert floors["floor_train_n"] == 1000
+    assert floors["fid_floor_train"] > 1e-3  # drawn with replacement: duplicates shrink the spread, never exactly 0

@@ -285,7 +285,7 @@ def _restore_rank_rng(tensors: dict, meta: dict, rank: int, world_size: int) -> 
             else:
                 warnings.warn(f"checkpoint has CUDA RNG states for {len(cuda)} GPU(s), none for cuda:{dev}; "
                               "this GPU's dropout draws continue from a fresh seed", stacklevel=3)
-        saved = 1
+        saved = int(meta.get("world_size", 1))  # one shared state, written by this many processes
     else:
         mine = {k[len(f"rng.rank{rank}."):]: v for k, v in tensors.items() if k.startswith(f"rng.rank{rank}.")}
     if saved != world_size:

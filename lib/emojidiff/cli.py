@@ -22,7 +22,7 @@ DEBUG_ENV = "EMOJIDIFF_DEBUG"  # =1: show tracebacks of user errors, like --debu
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emojidiff", description=__doc__)
     parser.add_argument("--debug", action="store_true",
-                        help=f"show the full traceback of errors (or set {DEBUG_ENV}=1)")
+                        help=f"show the full traceback of errors; goes before the subcommand (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

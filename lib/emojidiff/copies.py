@@ -66,9 +66,10 @@ def choose_thresholds(dataset, xflip: bool = True, noise_mse: float = 0.001) -> 
     train, held = dataset.train_images(), dataset.holdout_images()
     twin = (dataset.info.get("split_rule") or {}).get("twin_mse")
     gap = float(reference_set(train, xflip).nearest(held)[0].min()) if len(held) else float(twin or 0.003)
-    if gap <= 1.5 * noise_mse:
-        raise ValueError(f"a held-out image lies at MSE {gap:.5f} from a training image (or mirror), too close to the "
-                         f"copy noise {noise_mse}: no copy threshold separates them (build with the twin-aware split)")
+    if min(gap, twin or gap) <= 1.5 * noise_mse:
+        raise ValueError(f"a held-out image lies at MSE {gap:.5f} from a training image (or mirror), twin threshold "
+                         f"{twin}: too close to the copy noise {noise_mse} for a copy threshold to separate them "
+                         "(build with the twin-aware split, twin_mse >= 0.002)")
     # below the twin distance too: a sample nearer a training image than two images the split calls distinct
     cut = math.sqrt(noise_mse * min(gap, twin or gap))
     return Thresholds(copy_mse=cut, hit_mse=cut, noise_mse=noise_mse, heldout_gap_mse=gap, twin_mse=twin)

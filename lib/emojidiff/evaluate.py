@@ -139,7 +139,7 @@ def sample_snapshots(cfg, layout: RunLayout, width: int, progress: bool = True) 
 def evaluate(cfg, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Sample each chosen snapshot of each width (reusing samples), score it, write metrics/metrics.csv; no figures."""
     from emojidiff.checkpoint import list_snapshots
-    from emojidiff.copies import classify_samples, holdout_share
+    from emojidiff.copies import choose_thresholds, classify_samples, holdout_share
     from emojidiff.dataset import dataset_from_config
     from emojidiff.domain import domain_features, domain_net_for_run
     from emojidiff.features import InceptionUnavailable, inception_features, load_inception
@@ -173,15 +173,14 @@ def evaluate(cfg, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     memoriser, mem_info = memoriser_samples(cfg, layout, train, progress)
     notes["memoriser"] = mem_info
     floors: dict = {}  # (space, n) -> floor columns: they depend on the sample count only
-    rows, thresholds = [], None
+    rows, thresholds = [], choose_thresholds(ds, cfg.train.xflip)  # one copy rule for every snapshot
     for width in cfg.model.widths:
         for kimg, spath in sample_snapshots(cfg, layout, width, progress):
             with np.load(spath) as f:
                 images = f["images"]
-            table = classify_samples(images, ds, xflip=cfg.train.xflip)
-            thresholds = table.attrs["thresholds"]
+            table = classify_samples(images, ds, xflip=cfg.train.xflip, thresholds=thresholds)
             row = {"width": width, "kimg": kimg, "num_samples": len(images), **copy_columns(table, holdout_share(ds)),
-                   **memoriser_columns(images, memoriser, thresholds["copy_mse"])}
+                   **memoriser_columns(images, memoriser, thresholds.copy_mse)}
             for sp in ("domain", "inception"):
                 if sp not in spaces:
                     row |= _nan_feature_columns(sp)
@@ -194,7 +193,7 @@ def evaluate(cfg, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
                 row |= floors[sp, len(images)]
             rows.append(row)
     df = pd.DataFrame(rows)
-    notes["thresholds"] = thresholds
+    notes["thresholds"] = thresholds.as_dict()
     if "kid_subset_size" in df and (df.kid_subset_size < e.kid_subset_size).any():
         used = sorted(df.kid_subset_size.unique().tolist())
         notes["kid_subset_size_used"] = used

@@ -96,8 +96,9 @@ def fid_kid_floors(train, holdout, n: int, kid_subsets: int = 100, kid_subset_si
                    seed: int = 0) -> dict:
     """FID/KID of real data against the training features at (at most) `n` images: what a perfect model would score.
 
-    train: n random training rows vs all training rows (FID's small-sample bias alone: a sample of n copied from
-    the data). holdout: min(n, len(holdout)) random held-out rows vs all training rows (a perfect generaliser).
+    train: n random training rows (drawn with replacement when n exceeds the training set, else the floor would be
+    the set against itself, 0) vs all training rows (FID's small-sample bias alone: n copies of the data).
+    holdout: min(n, len(holdout)) random held-out rows vs all training rows (a perfect generaliser).
     Returns fid/kid per floor with the row counts and KID subset sizes used (clipped as kid_from_features does).
     """
     train = _as_2d_float64(train, "train")
@@ -107,13 +108,14 @@ def fid_kid_floors(train, holdout, n: int, kid_subsets: int = 100, kid_subset_si
     if holdout is not None and len(holdout) >= 2:
         sets.append(("holdout", _as_2d_float64(holdout, "holdout")))
     for name, feats in sets:
-        m = min(int(n), len(feats))
-        if m < 2:
-            raise ValueError(f"need n >= 2 rows for a floor, got n={n}")
-        pick = feats[np.sort(rng.choice(len(feats), m, replace=False))]
+        m = int(n) if name == "train" else min(int(n), len(feats))
+        if m < 2 or len(feats) < 2:
+            raise ValueError(f"need >= 2 rows for the {name} floor, got {m} of {len(feats)} (n={n})")
+        pick = feats[np.sort(rng.choice(len(feats), m, replace=m > len(feats)))]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the clipping is returned, not warned, here
-            kid, kid_std, used = kid_from_features(pick, train, kid_subsets, kid_subset_size, return_subset_size=True)
+            kid, kid_std, used = kid_from_features(pick, train, kid_subsets, kid_subset_size, seed=seed,
+                                                 return_subset_size=True)
         out |= {f"fid_floor_{name}": fid_from_features(pick, train), f"kid_floor_{name}": kid,
                 f"kid_floor_{name}_std": kid_std, f"floor_{name}_n": m, f"floor_{name}_kid_subset_size": used}
     return out
