@@ -17,13 +17,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The FID Inception-V3 weights, outside git (lib/emojidiff/inception_weights.py): checked by hash on every call and
+# The FID Inception-V3 weights, outside git (lib/emojidiff/evaluation/inception_weights.py): checked by hash on every call and
 # fetched when missing or damaged, even when pyproject.toml did not change; offline this prints why and goes on.
 WEIGHTS_DIR := $(or $(EMOJIDIFF_WEIGHTS),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/emojidiff/inception)
 INCEPTION := $(WEIGHTS_DIR)/inception-2015-12-05-torch-fidelity.safetensors
 .PHONY: inception-weights
 inception-weights: | $(BIN)/.installed
-	$(BIN)/python -m emojidiff.inception_weights fetch
+	$(BIN)/python -m emojidiff.evaluation.inception_weights fetch
 
 venv: $(BIN)/.installed inception-weights
 

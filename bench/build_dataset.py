@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 
-from emojidiff.dataset import build_dataset
+from emojidiff.data.dataset import build_dataset
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ from _train_tiny import synthetic_images  # noqa: E402
 from train_throughput import describe, measure_step  # noqa: E402
 
 from emojidiff.config import config_from_dict, load_config  # noqa: E402
-from emojidiff.edm import build_denoiser  # noqa: E402
 from emojidiff.layout import RunLayout  # noqa: E402
-from emojidiff.train import batch_loss, precision_name, resolve_precision, train_width  # noqa: E402
+from emojidiff.model.edm import build_denoiser  # noqa: E402
+from emojidiff.training.train import batch_loss, precision_name, resolve_precision, train_width  # noqa: E402
 
 
 def gradient_gap(model_cfg, width: int, batch: int, batch_gpu: int, device: torch.device) -> float:
@@ -178,8 +178,8 @@ def main() -> None:
         save()
 
     if budget("sampling img/s (widest width, 18 Heun steps)"):
-        from emojidiff.checkpoint import list_snapshots
-        from emojidiff.sampling import sample_checkpoint
+        from emojidiff.evaluation.sampling import sample_checkpoint
+        from emojidiff.training.checkpoint import list_snapshots
 
         w = max(base.model.widths)
         snaps = list_snapshots(RunLayout(out / "run").train(w))

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import torch
 
-from emojidiff.metrics import best_device, nearest_mse
+from emojidiff.evaluation.metrics import best_device, nearest_mse
 
 
 def main():

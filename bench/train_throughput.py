@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py [--params params/cpu.yaml] [--widths 32 64] [--batch 64]
         [--batch-gpu 16] [--channels-last auto|on|off|both] [--precisions fp32 bf16]
-The step is the training loop's (emojidiff.train): uint8 images gathered (on the GPU there), noise drawn (a CUDA
+The step is the training loop's (training/train.py): uint8 images gathered (on the GPU there), noise drawn (a CUDA
 generator there), `batch / batch_gpu` forward/backward rounds, gradient clipping, Adam (fused on CUDA), the EMA update
 and a finiteness check (every step on CPU, every 10th on CUDA). `host ms` is the time the Python thread spends per
 step issuing it (on CUDA without waiting for the GPU): when it nears `step ms`, the GPU waits on the host. Of it,
@@ -19,11 +19,11 @@ import time
 import torch
 
 from emojidiff.config import load_config
-from emojidiff.distributed import resolve_device
-from emojidiff.edm import build_denoiser
-from emojidiff.ema import make_ema, update_ema
-from emojidiff.train import CHECK_EVERY_CPU, CHECK_EVERY_CUDA, batch_loss, memory_format, resolve_precision
-from emojidiff.unet import count_parameters
+from emojidiff.model.edm import build_denoiser
+from emojidiff.model.unet import count_parameters
+from emojidiff.training.distributed import resolve_device
+from emojidiff.training.ema import make_ema, update_ema
+from emojidiff.training.train import CHECK_EVERY_CPU, CHECK_EVERY_CUDA, batch_loss, memory_format, resolve_precision
 
 
 def measure_step(model_cfg, width: int, batch: int, precision: str, device: torch.device, steps: int,

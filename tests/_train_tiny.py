@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import torch
 
-from emojidiff import distributed
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
-from emojidiff.train import train_width
+from emojidiff.training import distributed
+from emojidiff.training.train import train_width
 
 
 def tiny_config(**train) -> dict:

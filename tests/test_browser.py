@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emojidiff.browser import BrowserWidget, NeighbourBrowser, png_bytes
+from emojidiff.images import png_bytes
+from emojidiff.study.browser import BrowserWidget, NeighbourBrowser
 
 
 def _setup(seed=0):

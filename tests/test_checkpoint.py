@@ -11,9 +11,9 @@ import torch
 from _train_tiny import tiny_config
 
 import emojidiff
-from emojidiff import checkpoint as ckpt
 from emojidiff.config import config_from_dict
-from emojidiff.ema import make_ema
+from emojidiff.training import checkpoint as ckpt
+from emojidiff.training.ema import make_ema
 
 
 def _denoiser(seed=0):

@@ -73,7 +73,7 @@ def test_missing_inputs_and_unusable_checkpoints_are_one_line(tmp_path):
 def test_training_diverged_is_one_line_in_process(tmp_path, monkeypatch, capsys):
     from emojidiff.cli import main
 
-    train_mod = sys.modules["emojidiff.train"]
+    train_mod = sys.modules["emojidiff.training.train"]
 
     def diverges(*a, **k):
         raise train_mod.TrainingDiverged("non-finite loss (nan) at step 3; stopped, no checkpoint was written yet")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import emojidiff
-from emojidiff import copies as cp
+from emojidiff.evaluation import copies as cp
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import emojidiff
-from emojidiff import dataset as dsm
-from emojidiff import emoji_sources as es
-from emojidiff import fusion as fu
+from emojidiff.data import dataset as dsm
+from emojidiff.data import emoji_sources as es
+from emojidiff.data import fusion as fu
 
 
 def tiny(tmp_path, **kw):

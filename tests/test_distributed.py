@@ -16,10 +16,10 @@ import torch
 from _train_tiny import synthetic_images, tiny_config
 from safetensors.torch import load_file
 
-from emojidiff import distributed
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
-from emojidiff.train import train_width
+from emojidiff.training import distributed
+from emojidiff.training.train import train_width
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 
@@ -71,10 +71,10 @@ import hashlib, importlib, json, os, sys, time
 import torch
 sys.path.insert(0, {tests!r})
 from _train_tiny import synthetic_images
-from emojidiff import distributed
+from emojidiff.training import distributed
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
-T = importlib.import_module("emojidiff.train")
+T = importlib.import_module("emojidiff.training.train")
 mode, cfg, out, log = sys.argv[1], config_from_dict(json.loads(sys.argv[2])), sys.argv[3], sys.argv[4]
 rank = int(os.environ["RANK"])
 torch.set_num_threads(1)
@@ -164,7 +164,7 @@ def test_evaluate_under_torchrun_runs_on_rank0_alone(monkeypatch, repo, rank):
 
     import pandas as pd
 
-    ev = importlib.import_module("emojidiff.evaluate")
+    ev = importlib.import_module("emojidiff.evaluation.evaluate")
     seen = []
     monkeypatch.setattr(ev, "evaluate", lambda cfg, out: seen.append(os.environ["WORLD_SIZE"]) or pd.DataFrame())
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 import emojidiff
-from emojidiff.domain import domain_features, domain_net_for_run, parent_labels, train_domain_net
+from emojidiff.evaluation.domain import domain_features, domain_net_for_run, parent_labels, train_domain_net
 
 
 def toy_fusions(n_faces=4, seed=0):

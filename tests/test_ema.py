@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emojidiff.ema import ema_beta, make_ema, update_ema
+from emojidiff.training.ema import ema_beta, make_ema, update_ema
 
 
 def test_beta_halves_the_old_weights_every_half_life_of_images():

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from emojidiff import emoji_sources as es
+from emojidiff.data import emoji_sources as es
 
 
 def test_faces_counts_and_order():
@@ -48,7 +48,7 @@ def test_render_face_on_white():
     assert rgba.shape == (32, 32, 4) and rgba[0, 0, 3] == 0
 
 
-_RENDER_DIGEST = ("import hashlib; from emojidiff import emoji_sources as es; h = hashlib.sha256(); "
+_RENDER_DIGEST = ("import hashlib; from emojidiff.data import emoji_sources as es; h = hashlib.sha256(); "
                   "[h.update(es.render_face(s, f, n).tobytes()) for s in es.available_styles() "
                   "for f in es.select_faces('core', s)[::9] for n in (32, 64)]; print(h.hexdigest())")
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import emojidiff
-import emojidiff.checkpoint as ckpt
+import emojidiff.training.checkpoint as ckpt
 from emojidiff.config import ModelConfig
-from emojidiff.edm import build_denoiser
-from emojidiff.evaluate import evaluate, pick_snapshots
+from emojidiff.evaluation.evaluate import evaluate, pick_snapshots
+from emojidiff.model.edm import build_denoiser
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
@@ -46,7 +46,7 @@ def _tiny_run(tmp_path):
 
 
 def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_path):
-    from emojidiff.copies import classify_samples, holdout_share, probe_verdict
+    from emojidiff.evaluation.copies import classify_samples, holdout_share, probe_verdict
 
     cfg, layout = _tiny_run(tmp_path)
     cfg.eval.inception = False
@@ -63,7 +63,7 @@ def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_pa
     for c in ("fid_domain_floor_train", "fid_domain_floor_holdout", "kid_domain_floor_train",
               "kid_domain_floor_holdout"):
         assert np.isfinite(csv[c]).all() and csv[c].nunique() == 1, c  # one floor per sample count
-    ds = emojidiff.dataset.dataset_from_config(cfg, progress=False)
+    ds = emojidiff.data.dataset.dataset_from_config(cfg, progress=False)
     assert csv.floor_holdout_n.iloc[0] == min(6, len(ds.holdout_images()))
     # random-weight nets draw noise, far from every real image: far above the floor of real training images
     assert (csv.fid_domain > csv.fid_domain_floor_train).all()
@@ -85,7 +85,7 @@ def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_pa
     with np.load(mem_files[0]) as f:
         mem = f["images"]
     assert (classify_samples(mem, ds, xflip=cfg.train.xflip).verdict == "copy").all()
-    d = emojidiff.metrics.paired_mse(images, mem)
+    d = emojidiff.evaluation.metrics.paired_mse(images, mem)
     assert math.isclose(df.memoriser_mse.iloc[1], d.mean(), rel_tol=1e-9)
     assert math.isclose(df.memoriser_mse_median.iloc[1], np.median(d), rel_tol=1e-9)
     assert (csv.memoriser_mse > 0.05).all()  # noise-like samples are far from the copier's images
@@ -101,19 +101,19 @@ def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_pa
     # the plot functions return figures from the table and save nothing
     import matplotlib.figure
 
-    for plot in (emojidiff.evaluate.plot_over_training, emojidiff.evaluate.plot_width_over_training,
-                 emojidiff.evaluate.plot_copy_rates, emojidiff.evaluate.plot_memoriser_distance):
+    ev = emojidiff.evaluation.evaluate
+    for plot in (ev.plot_over_training, ev.plot_width_over_training, ev.plot_copy_rates, ev.plot_memoriser_distance):
         assert isinstance(plot(csv), matplotlib.figure.Figure)
     assert not layout.figures.exists() or not any(layout.figures.iterdir())
 
 
 def test_evaluate_reports_inception_unavailable(tmp_path, monkeypatch):
-    import emojidiff.features
+    import emojidiff.evaluation.features
 
     def unavailable(*args, **kwargs):
-        raise emojidiff.features.InceptionUnavailable("simulated: no weights; set eval.inception_weights")
+        raise emojidiff.evaluation.features.InceptionUnavailable("simulated: no weights; set eval.inception_weights")
 
-    monkeypatch.setattr(emojidiff.features, "load_inception", unavailable)
+    monkeypatch.setattr(emojidiff.evaluation.features, "load_inception", unavailable)
     cfg, layout = _tiny_run(tmp_path)
     cfg.eval.domain_features = False
     with pytest.warns(UserWarning, match="simulated: no weights"):
@@ -133,7 +133,7 @@ def test_evaluate_without_snapshots_says_what_to_run(tmp_path):
 
 
 def test_check_claims_in_words():
-    from emojidiff.evaluate import check_claims
+    from emojidiff.evaluation.evaluate import check_claims
 
     df = pd.DataFrame({"width": [32] * 5 + [64] * 5, "kimg": [10, 20, 30, 40, 50] * 2,
                        "fid_domain": [50, 11, 10, 10, 10, 60, 40, 30, 12, 11],
@@ -152,7 +152,7 @@ def _claims_frame(fid32):
 
 
 def test_check_claims_when_fid_settles_only_at_the_last_snapshot():
-    from emojidiff.evaluate import check_claims
+    from emojidiff.evaluation.evaluate import check_claims
 
     # FID still falling at the end: it "settles" only at the last snapshot, so one row lies after it
     text = "\n".join(check_claims(_claims_frame([50, 40, 30, 10])))
@@ -165,7 +165,7 @@ def test_check_claims_when_fid_settles_only_at_the_last_snapshot():
 
 
 def test_check_claims_reads_floors_and_memoriser_distance():
-    from emojidiff.evaluate import check_claims
+    from emojidiff.evaluation.evaluate import check_claims
 
     df = _claims_frame([50, 40, 30, 10]).assign(
         fid_domain_floor_train=2.0, fid_domain_floor_holdout=4.0, kid_domain_floor_train=0.0,

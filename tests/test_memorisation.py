@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emojidiff.memorisation import (
+from emojidiff.study.memorisation import (
     close_mask,
     describe,
     heldout_probe,
@@ -125,9 +125,9 @@ def test_split_and_describe():
 def test_load_sample_sets_reads_every_snapshot_and_says_what_to_run(tmp_path):
     import json
 
+    from emojidiff.evaluation.sampling import samples_name
     from emojidiff.layout import RunLayout
-    from emojidiff.memorisation import load_sample_sets
-    from emojidiff.sampling import samples_name
+    from emojidiff.study.memorisation import load_sample_sets
 
     layout = RunLayout(tmp_path)
     with pytest.raises(FileNotFoundError, match="02_training"):

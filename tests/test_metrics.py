@@ -8,7 +8,13 @@ import scipy.linalg
 import torch
 
 import emojidiff
-from emojidiff.metrics import fid_from_stats, fid_kid_floors, kid_subset_size, memorisation_rates, polynomial_mmd2
+from emojidiff.evaluation.metrics import (
+    fid_from_stats,
+    fid_kid_floors,
+    kid_subset_size,
+    memorisation_rates,
+    polynomial_mmd2,
+)
 
 
 def test_fid_stats_diagonal_closed_form():
@@ -215,12 +221,13 @@ def test_paired_mse_pairs_image_i_with_image_i():
     a = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
     b = a.copy()
     b[2, 0, 0, 0] = 255 - b[2, 0, 0, 0]  # one value changed in image 2 only
-    d = emojidiff.metrics.paired_mse(a, b)
+    d = emojidiff.evaluation.metrics.paired_mse(a, b)
     want = ((255 - 2 * a[2, 0, 0, 0].astype(np.float64)) / 127.5) ** 2 / a[0].size
     np.testing.assert_allclose(d, [0, 0, want, 0, 0], rtol=1e-6, atol=0)  # float32 [-1, 1] values
-    np.testing.assert_allclose(emojidiff.metrics.paired_mse(a, b[::-1]), np.diag(_brute(a, b[::-1])), rtol=1e-6)
+    got = emojidiff.evaluation.metrics.paired_mse(a, b[::-1])
+    np.testing.assert_allclose(got, np.diag(_brute(a, b[::-1])), rtol=1e-6)
     with pytest.raises(ValueError, match="differ in count or size"):
-        emojidiff.metrics.paired_mse(a, b[:4])
+        emojidiff.evaluation.metrics.paired_mse(a, b[:4])
 
 
 def test_fid_of_float32_stats_is_computed_in_float64():

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import emojidiff.checkpoint as ckpt
+import emojidiff.training.checkpoint as ckpt
 from emojidiff.config import ModelConfig
-from emojidiff.edm import build_denoiser
+from emojidiff.evaluation.sampling import list_samples, load_samples, sample_checkpoint
 from emojidiff.layout import RunLayout
-from emojidiff.sampling import list_samples, load_samples, sample_checkpoint
+from emojidiff.model.edm import build_denoiser
 
 
 def make_snapshot(train_dir, kimg: float, step: int, seed: int = 0):
@@ -66,7 +66,7 @@ def test_torchrun_two_ranks_give_the_same_images(tmp_path):
     snap = make_snapshot(tmp_path / "train", 0.5, 1)
     script = tmp_path / "sample.py"
     script.write_text(
-        "import sys\nfrom emojidiff.sampling import sample_checkpoint\n"
+        "import sys\nfrom emojidiff.evaluation.sampling import sample_checkpoint\n"
         f"sample_checkpoint({str(snap)!r}, sys.argv[1], 5, seed=0, num_steps=2, batch_size=2, device='cpu', "
         "precision='fp32', progress=False)\n")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -106,7 +106,7 @@ def test_a_retrained_checkpoint_never_reuses_the_old_samples_and_unkeyed_sets_ar
     from _train_tiny import synthetic_images, tiny_config
 
     from emojidiff.config import config_from_dict
-    from emojidiff.train import train_width
+    from emojidiff.training.train import train_width
 
     torch.set_num_threads(1)
     layout = RunLayout(tmp_path / "run")

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from emojidiff import svgpath as sp
+from emojidiff.data import svgpath as sp
 
 
 def test_prefix_ids_rewrites_ids_and_all_references():

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emojidiff.tracing import patch_mse_maps, plot_trace, trace_sample
+from emojidiff.study.tracing import patch_mse_maps, plot_trace, trace_sample
 
 matplotlib.use("Agg")
 

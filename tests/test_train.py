@@ -19,11 +19,11 @@ from _train_tiny import synthetic_images, tiny_config
 from safetensors.torch import load_file
 
 import emojidiff
-from emojidiff import checkpoint as ckpt
 from emojidiff.config import config_from_dict
-from emojidiff.ema import ema_beta, make_ema, update_ema
 from emojidiff.layout import RunLayout
-from emojidiff.train import (
+from emojidiff.training import checkpoint as ckpt
+from emojidiff.training.ema import ema_beta, make_ema, update_ema
+from emojidiff.training.train import (
     TrainingDiverged,
     batch_loss,
     epoch_order,
@@ -111,7 +111,7 @@ def test_training_writes_checkpoints_logs_grids_and_ramps_lr(tmp_path):
 
 def _poison_loss_at(monkeypatch, step: int) -> dict:
     """Make the training loss NaN at one step; returns the call counter."""
-    train_mod = sys.modules["emojidiff.train"]  # the module (emojidiff.train is the function)
+    train_mod = sys.modules["emojidiff.training.train"]  # the module (emojidiff.train is the function)
     calls = {"n": 0}
     real = train_mod.batch_loss
 
@@ -254,7 +254,7 @@ def test_one_step_matches_a_hand_computed_update(tmp_path):
 
 
 def test_bf16_training_really_autocasts_and_resumes_bit_for_bit(tmp_path, monkeypatch):
-    train_mod = sys.modules["emojidiff.train"]
+    train_mod = sys.modules["emojidiff.training.train"]
     seen = []
     real = train_mod.batch_loss
 
@@ -375,7 +375,7 @@ def test_a_torn_metrics_line_and_orphaned_temporary_files_are_cleaned_up_at_resu
 
 
 def test_the_cuda_ema_update_in_one_foreach_launch_agrees_with_the_per_tensor_lerp():
-    from emojidiff.ema import lerp_foreach
+    from emojidiff.training.ema import lerp_foreach
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8)).to(memory_format=torch.channels_last)
@@ -412,8 +412,8 @@ def test_gradient_accumulation_gives_the_update_of_one_large_batch(tmp_path):
 
 def test_batch_gpu_that_does_not_divide_a_process_share_is_refused():
     from emojidiff.config import ConfigError
-    from emojidiff.distributed import DistInfo
-    from emojidiff.train import accumulation
+    from emojidiff.training.distributed import DistInfo
+    from emojidiff.training.train import accumulation
 
     assert accumulation(256, 0, DistInfo(0, 4)) == (64, 1)  # 0: the whole share, one round
     assert accumulation(256, 32, DistInfo(0, 4)) == (32, 2)
@@ -423,7 +423,7 @@ def test_batch_gpu_that_does_not_divide_a_process_share_is_refused():
 
 
 def test_finiteness_checked_every_few_steps_still_names_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    train_mod = sys.modules["emojidiff.train"]
+    train_mod = sys.modules["emojidiff.training.train"]
     monkeypatch.setattr(train_mod, "CHECK_EVERY_CPU", 4)  # as on CUDA: steps 4, 8, 12 ... and before checkpoints
     calls = _poison_loss_at(monkeypatch, 13)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\).*at step 13 \(96 images.*ckpt-00000010"):
@@ -434,7 +434,7 @@ def test_finiteness_checked_every_few_steps_still_names_the_step_and_keeps_the_c
 
 
 def test_precision_auto_on_cuda_ignores_emulated_bf16_and_fp16_is_cuda_only(monkeypatch, tmp_path):
-    from emojidiff.train import memory_format
+    from emojidiff.training.train import memory_format
 
     asked = []
 

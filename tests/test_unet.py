@@ -7,7 +7,7 @@ import torch
 
 import emojidiff
 from emojidiff import UNet, build_denoiser, count_parameters, edm_loss
-from emojidiff.unet import group_norm
+from emojidiff.model.unet import group_norm
 
 PARAMS = Path(__file__).parents[1] / "params"
 SMOKE = dict(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)

@@ -4,30 +4,30 @@ from emojidiff.config import Config, ConfigError, config_from_dict, load_config,
 from emojidiff.layout import RunLayout
 
 # --- data (issue 3) ---
-from emojidiff.dataset import FusionDataset, FusionImages, build_dataset, dataset_from_config, measure_sigma_data
-from emojidiff.emoji_sources import EmojiSourceError, available_styles, render_face, select_faces
-from emojidiff.fusion import FusionError, analyse_face, fuse
+from emojidiff.data.dataset import FusionDataset, FusionImages, build_dataset, dataset_from_config, measure_sigma_data
+from emojidiff.data.emoji_sources import EmojiSourceError, available_styles, render_face, select_faces
+from emojidiff.data.fusion import FusionError, analyse_face, fuse
 
 # --- EDM model (issue 4) ---
-from emojidiff.edm import EDMPrecond, build_denoiser, edm_loss
-from emojidiff.sampler import euler_sample, generate, heun_sample, karras_sigmas
-from emojidiff.unet import UNet, count_parameters
+from emojidiff.model.edm import EDMPrecond, build_denoiser, edm_loss
+from emojidiff.model.sampler import euler_sample, generate, heun_sample, karras_sigmas
+from emojidiff.model.unet import UNet, count_parameters
 
 # --- training (issue 5) ---
-from emojidiff.checkpoint import list_snapshots, load_denoiser
-from emojidiff.train import train
+from emojidiff.training.checkpoint import list_snapshots, load_denoiser
+from emojidiff.training.train import train
 
 # --- evaluation (issue 6) ---
-from emojidiff.domain import domain_features, domain_net_for_run
-from emojidiff.evaluate import check_claims, plot_over_training, sample_snapshots
-from emojidiff.features import InceptionUnavailable, inception_features, load_inception
-from emojidiff.ideal import IdealMemoriser, ideal_memoriser
-from emojidiff.metrics import fid_from_features, kid_from_features, memorisation_rates, nearest_mse
-from emojidiff.sampling import list_samples, load_samples, sample_checkpoint
+from emojidiff.evaluation.domain import domain_features, domain_net_for_run
+from emojidiff.evaluation.evaluate import check_claims, plot_over_training, sample_snapshots
+from emojidiff.evaluation.features import InceptionUnavailable, inception_features, load_inception
+from emojidiff.evaluation.ideal import IdealMemoriser, ideal_memoriser
+from emojidiff.evaluation.metrics import fid_from_features, kid_from_features, memorisation_rates, nearest_mse
+from emojidiff.evaluation.sampling import list_samples, load_samples, sample_checkpoint
 
 # --- memorisation and human study (issue 7) ---
-from emojidiff.browser import BrowserWidget, NeighbourBrowser
-from emojidiff.human_study import (
+from emojidiff.study.browser import BrowserWidget, NeighbourBrowser
+from emojidiff.study.human_study import (
     StudySession,
     StudyWidget,
     bradley_terry,
@@ -37,7 +37,7 @@ from emojidiff.human_study import (
     simulate_answers,
     win_rates,
 )
-from emojidiff.memorisation import (
+from emojidiff.study.memorisation import (
     heldout_probe,
     plot_min_mse_histograms,
     plot_probe,
@@ -46,7 +46,7 @@ from emojidiff.memorisation import (
     probe_table,
     split_images,
 )
-from emojidiff.tracing import plot_trace, trace_sample
+from emojidiff.study.tracing import plot_trace, trace_sample
 
 # --- create or copy, measured soundly (issue 12) ---
-from emojidiff.copies import classify_samples, control_table, probe_verdict, rate_interval, reference_set
+from emojidiff.evaluation.copies import classify_samples, control_table, probe_verdict, rate_interval, reference_set

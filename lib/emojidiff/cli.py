@@ -11,10 +11,10 @@ import warnings
 # subcommand -> module exposing cli_configure(parser) and cli_main(args) -> int
 SUBCOMMANDS = {
     "run": "emojidiff.runner",
-    "data": "emojidiff.dataset",
-    "train": "emojidiff.train",
-    "sample": "emojidiff.sampling",
-    "evaluate": "emojidiff.evaluate",
+    "data": "emojidiff.data.dataset",
+    "train": "emojidiff.training.train",
+    "sample": "emojidiff.evaluation.sampling",
+    "evaluate": "emojidiff.evaluation.evaluate",
 }
 DEBUG_ENV = "EMOJIDIFF_DEBUG"  # =1: show tracebacks of user errors, like --debug
 
@@ -34,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean a bad profile, input or folder state, not a bug: one line, no traceback."""
-    from emojidiff.checkpoint import CheckpointError
     from emojidiff.config import ConfigError
-    from emojidiff.emoji_sources import EmojiSourceError
+    from emojidiff.data.emoji_sources import EmojiSourceError
     from emojidiff.runlock import RunLocked
     from emojidiff.runner import NotebookFailed
-    from emojidiff.train import TrainingDiverged
+    from emojidiff.training.checkpoint import CheckpointError
+    from emojidiff.training.train import TrainingDiverged
 
     return (ConfigError, CheckpointError, TrainingDiverged, RunLocked, NotebookFailed, EmojiSourceError,
             FileNotFoundError, NotImplementedError)

@@ -39,6 +39,7 @@ class ModelConfig:
     label_dim: int = 0  # classes for conditioning (faces); 0: unconditional
     label_slots: int = 2  # labels per image when conditioned (a fusion has two faces)
     label_dropout: float = 0.0  # share of training labels dropped to null, for guidance
+    conditional: bool = False  # condition on (parent A, parent B); label_dim then becomes the number of faces
 
 
 @dataclass
@@ -65,7 +66,9 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    num_steps: int = 18  # Heun steps
+    num_steps: int = 18  # sampler steps (Heun: 2 * num_steps - 1 network evaluations)
+    solver: str = "heun"  # "heun" (Algorithm 2) or "euler"
+    guidance: float = 1.0  # classifier-free guidance weight w (conditional nets): 0 unconditional, 1 conditional
     batch_size: int = 256  # images per sampler batch
     num_images: int = 1000  # images drawn per checkpoint for evaluation
     S_churn: float = 0.0  # Algorithm 2 stochasticity
@@ -250,6 +253,8 @@ def _validate(cfg: Config, source: str) -> None:
         (s.S_churn >= 0, "sample.S_churn", "must be >= 0", s.S_churn),
         (0 <= s.S_min <= s.S_max, "sample.S_min", "must be in [0, sample.S_max]", s.S_min),
         (s.S_noise > 0, "sample.S_noise", "must be positive", s.S_noise),
+        (s.solver in ("heun", "euler"), "sample.solver", "must be 'heun' or 'euler'", s.solver),
+        (s.guidance >= 0, "sample.guidance", "must be >= 0", s.guidance),
         (e.kid_subsets > 0, "eval.kid_subsets", "must be positive", e.kid_subsets),
         (e.kid_subset_size > 1, "eval.kid_subset_size", "must be >= 2", e.kid_subset_size),
         (e.snapshots in ("all", "last"), "eval.snapshots", "must be 'all' or 'last'", e.snapshots),

@@ -1,10 +1,12 @@
-"""Image grids: the one place that turns batches of images into contact sheets."""
+"""Images: the [-1, 1] <-> uint8 conversions, PNG bytes and contact-sheet grids."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def to_uint8(images) -> np.ndarray:
@@ -38,9 +40,14 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2, scale:
 
 def save_grid(path: str | Path, images: np.ndarray, **kwargs) -> Path:
     """Write a grid of uint8 NHWC images as a PNG."""
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(make_grid(images, **kwargs)).save(path)
     return path
+
+
+def png_bytes(image: np.ndarray, scale: int = 4) -> bytes:
+    """One uint8 HWC image as PNG bytes, nearest-neighbour upscaled."""
+    buf = io.BytesIO()
+    Image.fromarray(image.repeat(scale, 0).repeat(scale, 1)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from emojidiff import fusion
-from emojidiff.emoji_sources import EmojiSourceError, available_styles, render_svg, select_faces
+from emojidiff.data import fusion
+from emojidiff.data.emoji_sources import EmojiSourceError, available_styles, render_svg, select_faces
 
 CODE_VERSION = "1"  # bump when the fusion or rendering changes in a way the source hash below would miss
 SPLIT_RULE = "twin-groups-1"  # bump when the split rule changes (it is part of the cache key)
@@ -112,7 +112,7 @@ class FusionImages:
 def _code_hash() -> str:
     h = hashlib.sha256(CODE_VERSION.encode())
     for name in ("fusion.py", "svgpath.py", "emoji_sources.py"):
-        h.update((resources.files("emojidiff") / name).read_bytes())
+        h.update((resources.files("emojidiff.data") / name).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -371,3 +371,13 @@ def cli_main(args) -> int:
     if args.out:
         ds.save_summary(args.out)
     return 0
+
+
+def describe(manifest: pd.DataFrame | None, index: int, sep: str = " + ") -> str:
+    """A short caption for one fusion: "face A + face B" (its parents), or its row number."""
+    if manifest is None:
+        return f"#{index}"
+    row = manifest.iloc[int(index)]
+    a = row["name_a"] if "name_a" in row else row["parent_a"]
+    b = row["name_b"] if "name_b" in row else row["parent_b"]
+    return f"{a}{sep}{b}"

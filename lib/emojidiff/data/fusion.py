@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from emojidiff.emoji_sources import EmojiSourceError, Face, face_body, render_svg, style_data, wrap_svg
-from emojidiff.svgpath import SvgPathError, prefix_ids, split_subpaths
+from emojidiff.data.emoji_sources import EmojiSourceError, Face, face_body, render_svg, style_data, wrap_svg
+from emojidiff.data.svgpath import SvgPathError, prefix_ids, split_subpaths
 
 ANALYSIS_PX = 128  # pieces are classified on masks rendered at this size
 DRAWABLE = {"path", "circle", "ellipse", "rect", "polygon", "polyline", "line", "use", "image", "text", "g"}
@@ -46,7 +46,7 @@ def fixes_table(style: str = "noto"):
     """The faces of a style fixed by an override or left out, with the reason, as a DataFrame."""
     import pandas as pd
 
-    from emojidiff.emoji_sources import faces_table
+    from emojidiff.data.emoji_sources import faces_table
 
     by_u = {f.unified: f for f in faces_table()}
     rows = [(u, by_u[u].char, by_u[u].name, "override", o["why"]) for u, o in OVERRIDES.get(style, {}).items()]

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import threading
 
 import numpy as np
 import pandas as pd
 
-from emojidiff.memorisation import describe, nearest_k
-
-
-def png_bytes(image: np.ndarray, scale: int = 4) -> bytes:
-    """One uint8 HWC image as PNG bytes, nearest-neighbour upscaled."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image.repeat(scale, 0).repeat(scale, 1)).save(buf, format="PNG")
-    return buf.getvalue()
+from emojidiff.data.dataset import describe
+from emojidiff.evaluation.metrics import nearest_k
+from emojidiff.images import png_bytes
 
 
 def _name(manifest: pd.DataFrame | None, index) -> str:

@@ -7,26 +7,19 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from emojidiff.data.dataset import describe
+from emojidiff.evaluation.metrics import nearest_k
+
 OUTCOMES = ("copies_train", "hits_holdout", "neither")
 
 
-def nearest_k(samples: np.ndarray, reference: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest reference images of each sample by MSE ([-1, 1] scale): (mse (N, k), index (N, k))."""
-    from emojidiff.metrics import nearest_mse  # issue 6: exact, chunked search
-
-    if len(reference) < k:
-        raise ValueError(f"need at least k={k} reference images, got {len(reference)}")
-    if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(f"samples {samples.shape[1:]} and reference {reference.shape[1:]} differ in size")
-    mse, idx = nearest_mse(samples, reference, k=k)
-    return np.asarray(mse, np.float64).reshape(len(samples), k), np.asarray(idx, np.int64).reshape(len(samples), k)
 
 
 def load_sample_sets(layout, widths, snapshots: str = "all") -> list[tuple[int, float, np.ndarray]]:
     """(width, kimg, uint8 samples) of each width's sample sets on disk, oldest snapshot first ("all" or "last")."""
     import warnings
 
-    from emojidiff.sampling import list_samples, load_samples
+    from emojidiff.evaluation.sampling import list_samples, load_samples
 
     if snapshots not in ("all", "last"):
         raise ValueError(f"snapshots must be 'all' or 'last', got {snapshots!r}")
@@ -57,14 +50,6 @@ def split_images(images: np.ndarray, manifest: pd.DataFrame) -> dict[str, tuple[
     return out
 
 
-def describe(manifest: pd.DataFrame | None, index: int, sep: str = " + ") -> str:
-    """A short caption for one fusion: "face A + face B" (its parents), or its row number."""
-    if manifest is None:
-        return f"#{index}"
-    row = manifest.iloc[int(index)]
-    a = row["name_a"] if "name_a" in row else row["parent_a"]
-    b = row["name_b"] if "name_b" in row else row["parent_b"]
-    return f"{a}{sep}{b}"
 
 
 def close_mask(min_mse, ratio, copy_mse: float, copy_ratio: float, rule: str = "mse") -> np.ndarray:
@@ -80,8 +65,8 @@ def close_mask(min_mse, ratio, copy_mse: float, copy_ratio: float, rule: str = "
 def heldout_probe(samples: np.ndarray, train: np.ndarray, holdout: np.ndarray, copy_mse: float = 0.005,
                   copy_ratio: float = 1 / 3, rule: str = "mse", xflip: bool = True) -> pd.DataFrame:
     """Per sample: its nearest image among training and held-out fusions together (and, with xflip, their mirrors:
-    the reference of emojidiff.copies.reference_set), and the outcome."""
-    from emojidiff.copies import reference_set
+    the reference of emojidiff.evaluation.copies.reference_set), and the outcome."""
+    from emojidiff.evaluation.copies import reference_set
 
     if len(holdout) == 0:
         raise ValueError("the held-out probe needs held-out fusions (data.holdout is 0)")

@@ -135,7 +135,7 @@ def generate(denoiser, num_images: int, seed: int, batch_size: int = 256, num_st
             denoiser.train()
     images = torch.cat(out) if out else torch.empty(0, *shape)
     if uint8:
-        from emojidiff.grids import to_uint8
+        from emojidiff.images import to_uint8
 
         return to_uint8(images)
     return images

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from emojidiff.emoji_sources import EmojiSourceError
+from emojidiff.data.emoji_sources import EmojiSourceError
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _NPARAM = dict(M=2, L=2, H=1, V=1, C=6, S=4, Q=4, T=2, A=7, Z=0)

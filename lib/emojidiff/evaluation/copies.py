@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from emojidiff.memorisation import nearest_k
+from emojidiff.evaluation.metrics import nearest_k
 
 VERDICTS = ("copy", "unseen_fusion", "neither")
 
@@ -288,7 +288,7 @@ def twin_distances(dataset, xflip: bool = True) -> pd.DataFrame:
 
 def threshold_pairs(dataset, xflip: bool = True, n: int = 4) -> pd.DataFrame:
     """Pairs of images either side of the twin threshold: the n farthest linked twins and the n nearest unlinked."""
-    from emojidiff.dataset import twin_pairs
+    from emojidiff.data.dataset import twin_pairs
 
     twin = (dataset.info.get("split_rule") or {}).get("twin_mse", 0.003)
     pairs = twin_pairs(dataset.images, 2 * twin, mirrors=xflip)
@@ -328,7 +328,7 @@ def plot_threshold_pairs(pairs: pd.DataFrame, images: np.ndarray, manifest: pd.D
 
     import matplotlib.pyplot as plt
 
-    from emojidiff.memorisation import describe
+    from emojidiff.data.dataset import describe
 
     fig, axes = plt.subplots(2, max(len(pairs), 1), figsize=(1.3 * max(len(pairs), 1) + 0.6, 4.6), squeeze=False)
     for j, r in enumerate(pairs.itertuples()):

@@ -51,7 +51,7 @@ def _sniff(path: Path) -> str:
     # safetensors: u64 little-endian header length, then "{"; its first byte may be 0x80, so test this first
     if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
         return "safetensors"
-    from emojidiff.inception_weights import is_torchscript
+    from emojidiff.evaluation.inception_weights import is_torchscript
 
     if is_torchscript(path):
         return "torchscript"
@@ -66,7 +66,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     if kind == "torchscript":
-        from emojidiff.inception_weights import load_torchscript_state
+        from emojidiff.evaluation.inception_weights import load_torchscript_state
 
         try:
             return load_torchscript_state(path)
@@ -81,7 +81,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _as_fidelity(sd: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`sd` in torch-fidelity's names: TorchScript (`net.layers.*`) tensors mapped; missing logits layer set to NaN."""
-    from emojidiff.inception_weights import torchscript_to_fidelity
+    from emojidiff.evaluation.inception_weights import torchscript_to_fidelity
 
     if any(k.startswith("net.layers.") for k in sd):
         sd = torchscript_to_fidelity(sd, template)
@@ -96,8 +96,8 @@ def load_inception(weights_path: str | Path | None = None, device=None) -> torch
 
     Raises InceptionUnavailable, saying how to supply the weights, when they are missing, refused or unreadable.
     """
-    # imported here so that `python -m emojidiff.inception_weights` finds it not yet imported by the package
-    from emojidiff.inception_weights import UNAVAILABLE, WeightsHashMismatch, installed_weights
+    # imported here so that `python -m emojidiff.evaluation.inception_weights` finds it not yet imported by the package
+    from emojidiff.evaluation.inception_weights import UNAVAILABLE, WeightsHashMismatch, installed_weights
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     if weights_path is None:
@@ -127,7 +127,7 @@ def inception_features(images, net: torch.nn.Module, batch_size: int = 64, progr
     """(N, 2048) float64 pool features of uint8 NHWC (or float NCHW [-1, 1]) images, resized to 299 px inside."""
     if torch.is_tensor(images) and images.is_floating_point() or (
             isinstance(images, np.ndarray) and images.dtype != np.uint8):
-        from emojidiff.grids import to_uint8
+        from emojidiff.images import to_uint8
 
         images = to_uint8(images)
     images = torch.as_tensor(np.asarray(images))

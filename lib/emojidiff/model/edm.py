@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emojidiff.unet import UNet
+from emojidiff.model.unet import UNet
 
 
 class EDMPrecond(nn.Module):

@@ -204,7 +204,7 @@ class StudyWidget:
                 self.render()
 
     def render(self):
-        from emojidiff.browser import png_bytes
+        from emojidiff.images import png_bytes
 
         s = self.session
         self.progress.value = s.done

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emojidiff import checkpoint as ckpt
-from emojidiff import distributed as dist
 from emojidiff.config import Config, TrainConfig, load_config, save_resolved
-from emojidiff.edm import edm_loss
-from emojidiff.ema import ema_beta, make_ema, update_ema
-from emojidiff.grids import save_grid
+from emojidiff.images import save_grid
 from emojidiff.layout import RunLayout
+from emojidiff.model.edm import edm_loss
 from emojidiff.runlock import run_lock
+from emojidiff.training import checkpoint as ckpt
+from emojidiff.training import distributed as dist
+from emojidiff.training.ema import ema_beta, make_ema, update_ema
 
 GRID_IMAGES = 64  # EMA samples drawn at each snapshot, fixed seeds
 GRID_SEED = 123456
@@ -108,13 +108,13 @@ def batch_loss(net, y: torch.Tensor, rnd_normal: torch.Tensor, noise: torch.Tens
 
 def training_images(cfg: Config) -> np.ndarray:
     """The training split of the profile's dataset, uint8 NHWC."""
-    from emojidiff.dataset import dataset_from_config
+    from emojidiff.data.dataset import dataset_from_config
 
     return np.asarray(dataset_from_config(cfg).train_images())
 
 
 def measured_sigma_data(images: np.ndarray) -> float:
-    from emojidiff.dataset import measure_sigma_data
+    from emojidiff.data.dataset import measure_sigma_data
 
     return float(measure_sigma_data(images))
 
@@ -199,8 +199,8 @@ def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True,
 
 def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, images: np.ndarray | None,
                  progress: bool) -> dict:
-    from emojidiff.edm import build_denoiser
-    from emojidiff.sampler import generate
+    from emojidiff.model.edm import build_denoiser
+    from emojidiff.model.sampler import generate
 
     tc, info = cfg.train, dist.setup(cfg.device)
     out = layout.train(width)
@@ -458,7 +458,7 @@ def cli_main(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m emojidiff.train ...; torchrun: -m emojidiff.cli train ...
+if __name__ == "__main__":  # python -m emojidiff.training.train ...; torchrun: -m emojidiff.cli train ...
     import sys
 
     from emojidiff.cli import main

@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from emojidiff.memorisation import describe
-from emojidiff.metrics import to_unit_range
+from emojidiff.data.dataset import describe
+from emojidiff.evaluation.metrics import to_unit_range
 
 
 @dataclass
@@ -40,10 +40,10 @@ def trace_sample(sample: np.ndarray, train: np.ndarray, manifest: pd.DataFrame |
                  background: int = 245, xflip: bool = True) -> Trace:
     """Explain a sample with few training emoji: greedily pick the one nearest (within tol) on the most pixels.
 
-    Candidates are the reference of emojidiff.copies.reference_set: the training images and, with xflip, their
+    Candidates are the reference of copies.reference_set: the training images and, with xflip, their
     mirrors. Stops after max_regions emoji or when the next would explain less than min_share of the face.
     """
-    from emojidiff.copies import reference_set
+    from emojidiff.evaluation.copies import reference_set
 
     ref = reference_set(train, xflip)
     maps = patch_mse_maps(sample, ref.images, patch)  # (R, H, W)

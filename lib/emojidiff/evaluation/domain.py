@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from emojidiff.metrics import to_unit_range
+from emojidiff.evaluation.metrics import to_unit_range
 
 DOMAIN_VERSION = "1"  # bump when the network or its training changes
 
@@ -125,7 +125,7 @@ def domain_net_for_run(cfg, layout, dataset=None, progress: bool = True) -> tupl
     """The run's parents classifier: loaded from layout.metrics/domain/ when its key matches, else trained there."""
     from safetensors.torch import load_file, save_file
 
-    from emojidiff.dataset import dataset_from_config
+    from emojidiff.data.dataset import dataset_from_config
 
     ds = dataset if dataset is not None else dataset_from_config(cfg, progress=progress)
     params = {"version": DOMAIN_VERSION, "data": ds.info.get("cache_key"), "seed": cfg.seed,

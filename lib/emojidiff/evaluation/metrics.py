@@ -197,3 +197,13 @@ def memorisation_rates(nearest2_mse, copy_ratio: float = 1 / 3, copy_mse: float 
         "copy_rate_ratio": float((ratio < copy_ratio).mean()),
         "copy_rate_mse": float((m[:, 0] < copy_mse).mean()),
     }
+
+
+def nearest_k(samples: np.ndarray, reference: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest reference images of each sample by MSE ([-1, 1] scale): (mse (N, k), index (N, k))."""
+    if len(reference) < k:
+        raise ValueError(f"need at least k={k} reference images, got {len(reference)}")
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"samples {samples.shape[1:]} and reference {reference.shape[1:]} differ in size")
+    mse, idx = nearest_mse(samples, reference, k=k)
+    return np.asarray(mse, np.float64).reshape(len(samples), k), np.asarray(idx, np.int64).reshape(len(samples), k)

@@ -330,7 +330,7 @@ def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str
 def load_denoiser(path_or_train_dir: str | Path, device: str | torch.device = "cpu", ema: bool = True):
     """An EDMPrecond in eval mode from a checkpoint, an EMA snapshot, or a training folder (its newest EMA)."""
     from emojidiff.config import ModelConfig
-    from emojidiff.edm import build_denoiser
+    from emojidiff.model.edm import build_denoiser
 
     path = Path(path_or_train_dir)
     if path.is_dir():

@@ -37,10 +37,10 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, num_images
     Image i's noise is seeded by (seed, i), so sets drawn with other batch sizes or rank counts agree. Under torchrun
     each rank draws a contiguous share and rank 0 writes the file. An existing file is reused unless `overwrite` or
     it was drawn from other weights (its info records the checkpoint's sha256; files without it are redrawn).
-    bf16 autocast follows the training rule (emojidiff.train.resolve_precision); fp16 GPUs sample in fp32.
+    bf16 autocast follows the training rule (emojidiff.training.train.resolve_precision); fp16 GPUs sample in fp32.
     """
-    from emojidiff import distributed as dist
-    from emojidiff.checkpoint import read_meta
+    from emojidiff.training import distributed as dist
+    from emojidiff.training.checkpoint import read_meta
 
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
@@ -79,10 +79,10 @@ def _drawn_from(path: Path, checkpoint_sha256: str) -> bool:
 def _sample_into(path: Path, checkpoint, meta: dict, info, num_images: int, seed: int, num_steps: int,
                  batch_size: int, precision: str, churn: dict, progress: bool) -> None:
     """Draw this rank's share; rank 0 writes the set atomically (temp file + rename) and its preview grid."""
-    from emojidiff.checkpoint import load_denoiser, remove_orphans
-    from emojidiff.grids import save_grid
-    from emojidiff.sampler import generate
-    from emojidiff.train import resolve_precision
+    from emojidiff.images import save_grid
+    from emojidiff.model.sampler import generate
+    from emojidiff.training.checkpoint import load_denoiser, remove_orphans
+    from emojidiff.training.train import resolve_precision
 
     net = load_denoiser(checkpoint, info.device, ema=True)
     amp = resolve_precision(precision, info.device)
@@ -147,9 +147,9 @@ def cli_configure(parser) -> None:
 
 def cli_main(args) -> int:
     """Sample from EMA snapshots into the run's samples/w<width>/ folder, holding the run folder's lock."""
-    from emojidiff import distributed as dist
-    from emojidiff.checkpoint import latest_good_snapshot, read_meta
     from emojidiff.config import load_config
+    from emojidiff.training import distributed as dist
+    from emojidiff.training.checkpoint import latest_good_snapshot, read_meta
 
     cfg = load_config(args.params)
     layout = RunLayout(args.out if args.out is not None else Path("outputs") / cfg.name)
@@ -178,7 +178,7 @@ def gallery_vs_training(layout: RunLayout | str | Path, width: int, train_images
     """A figure: n samples (upscaled 4x to 128 px) beside n random training images at the same scale."""
     import matplotlib.pyplot as plt
 
-    from emojidiff.grids import make_grid
+    from emojidiff.images import make_grid
 
     images, info = load_samples(layout, width, kimg)
     pick = np.random.default_rng(seed).choice(len(train_images), min(n, len(train_images)), replace=False)
@@ -198,7 +198,7 @@ def gallery_over_training(layout: RunLayout | str | Path, width: int, n: int = 1
     """A figure: one row of the same n seeds per snapshot, so each image's evolution over training reads down."""
     import matplotlib.pyplot as plt
 
-    from emojidiff.grids import make_grid
+    from emojidiff.images import make_grid
 
     sets = {s["kimg"]: s for s in list_samples(layout, width)}  # one set per snapshot (the largest)
     rows = [load_samples(layout, width, k)[0][:n] for k in sets]

@@ -1,0 +1,1 @@
+"""Data stage: the emoji sources, their fusions and the training dataset."""

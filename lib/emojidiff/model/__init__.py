@@ -1,0 +1,1 @@
+"""Model stage of the study."""

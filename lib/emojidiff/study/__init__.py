@@ -1,0 +1,1 @@
+"""Study stage of the study."""
