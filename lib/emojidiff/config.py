@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 import typing
@@ -25,6 +26,7 @@ class DataConfig:
     gallery_size: int = 128  # resolution for galleries
     holdout: float = 0.1  # share of ordered pairs held out of training
     max_faces: int = 0  # use only the first N faces of the list (0: all); for smoke runs
+    split: str = "twins"  # held-out unit: "twins" (image twin groups) or "pairs" (part combinations, data/pairs.py)
 
 
 @dataclass
@@ -90,6 +92,17 @@ class EvalConfig:
 
 
 @dataclass
+class KitchenConfig:
+    samples: int = 4  # samples per pair (k) in the held-out-pair evaluation
+    guidance: float = 3.0  # classifier-free guidance weight of the evaluation and the widget
+    max_pairs: int = 0  # held-out pairs evaluated (seeded choice; 0: all), and as many training pairs
+    sweep: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0])  # guidance weights of the sweep
+    sweep_pairs: int = 16  # held-out pairs in the sweep
+    max_snapshots: int = 4  # EMA snapshots in the generalisation-gap curve (evenly spaced, last kept)
+    gallery_rows: int = 8  # pairs per gallery figure
+
+
+@dataclass
 class StudyConfig:
     pairs: int = 60  # two-alternative pairs shown per human-study session
     answers_csv: str = "human_study/answers.csv"  # relative to the run's output folder
@@ -108,17 +121,19 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    kitchen: KitchenConfig = field(default_factory=KitchenConfig)
 
     def to_dict(self) -> dict:
         """The resolved configuration as plain data."""
         return dataclasses.asdict(self)
 
+    def canonical_json(self) -> bytes:
+        """The resolved configuration as sorted-key JSON: what every digest of a config hashes."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+
     def digest(self) -> str:
         """A stable hash of the resolved configuration."""
-        import hashlib
-
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return hashlib.sha256(self.canonical_json()).hexdigest()[:16]
 
 
 def _type_name(tp) -> str:
@@ -263,6 +278,15 @@ def _validate(cfg: Config, source: str) -> None:
         (st.pairs > 0, "study.pairs", "must be positive", st.pairs),
         (bool(st.answers_csv), "study.answers_csv", "must name a file", st.answers_csv),
         (st.neighbours > 0, "study.neighbours", "must be positive", st.neighbours),
+        (d.split in ("twins", "pairs"), "data.split", "must be 'twins' or 'pairs'", d.split),
+        (cfg.kitchen.samples >= 2, "kitchen.samples", "must be >= 2 (diversity needs two)", cfg.kitchen.samples),
+        (cfg.kitchen.guidance >= 0, "kitchen.guidance", "must be >= 0", cfg.kitchen.guidance),
+        (cfg.kitchen.max_pairs >= 0, "kitchen.max_pairs", "must be >= 0 (0: all)", cfg.kitchen.max_pairs),
+        (len(cfg.kitchen.sweep) > 0 and all(w >= 0 for w in cfg.kitchen.sweep), "kitchen.sweep",
+         "must list guidance weights >= 0", cfg.kitchen.sweep),
+        (cfg.kitchen.sweep_pairs >= 1, "kitchen.sweep_pairs", "must be >= 1", cfg.kitchen.sweep_pairs),
+        (cfg.kitchen.max_snapshots >= 1, "kitchen.max_snapshots", "must be >= 1", cfg.kitchen.max_snapshots),
+        (cfg.kitchen.gallery_rows >= 1, "kitchen.gallery_rows", "must be >= 1", cfg.kitchen.gallery_rows),
         (st.trace_patch > 0 and st.trace_patch % 2 == 1, "study.trace_patch", "must be a positive odd number",
          st.trace_patch),
     ]

@@ -31,6 +31,8 @@ from emojidiff.data.emoji_sources import EmojiSourceError, available_styles, ren
 
 CODE_VERSION = "1"  # bump when the fusion or rendering changes in a way the source hash below would miss
 SPLIT_RULE = "twin-groups-1"  # bump when the split rule changes (it is part of the cache key)
+PAIR_RULE = "part-classes-1"  # likewise for the pair split (data/pairs.py)
+SPLIT_MODES = ("twins", "pairs")
 _PARTS: dict = {}  # (style, unified) -> FaceParts, shared with forked workers
 
 
@@ -43,9 +45,57 @@ class FusionDataset:
     pairs: pd.DataFrame
     size: int
     info: dict = field(default_factory=dict)
+    faces: pd.DataFrame | None = None  # the label space: one row per face (unified, name, char), shared by styles
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def num_faces(self) -> int:
+        """Classes of the conditional label (faces of the shared face list)."""
+        return len(self.faces) if self.faces is not None else 0
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(rows, 2) int64: the face-list indices of each row's parent A and parent B."""
+        if self.faces is None:
+            raise ValueError("this dataset has no face list (build it with build_dataset)")
+        index = {u: i for i, u in enumerate(self.faces["unified"])}
+        return np.stack([self.manifest[c].map(index).to_numpy(np.int64) for c in ("parent_a", "parent_b")], 1)
+
+    def subset_labels(self, split: str) -> np.ndarray:
+        """Labels of one split, aligned with subset(split)."""
+        self.subset(split)  # checks the name
+        return self.labels[(self.manifest["split"] == split).to_numpy()]
+
+    def train_labels(self) -> np.ndarray:
+        return self.subset_labels("train")
+
+    def face_index(self, face) -> int:
+        """A face's label index from its index, name ("grinning face"), emoji character or unified codepoint."""
+        f = self.faces if self.faces is not None else pd.DataFrame(columns=["unified", "name", "char"])
+        if isinstance(face, (int, np.integer)) and not isinstance(face, bool) and 0 <= face < len(f):
+            return int(face)
+        if isinstance(face, str):
+            key = face.strip()
+            name = key.lower().replace(" ", "-").replace("_", "-")
+            for col, value in (("char", key), ("name", name), ("unified", key.lower())):
+                hit = np.nonzero((f[col].str.lower() if col != "char" else f[col]).to_numpy() == value)[0]
+                if len(hit):
+                    return int(hit[0])
+            if key.isdigit():
+                return self.face_index(int(key))
+        names = ", ".join(f"{i}: {r.char} {r.name}" for i, r in enumerate(f.itertuples()))
+        raise KeyError(f"unknown face {face!r}; faces of this dataset: {names}")
+
+    def pair_labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(row index, labels) of every ordered pair of one split, duplicates included (a row shared by two pairs
+        appears once per pair, with each pair's own parents)."""
+        self.subset(split)
+        p = self.pairs[self.pairs["split"] == split]
+        index = {u: i for i, u in enumerate(self.faces["unified"])}
+        labels = np.stack([p[c].map(index).to_numpy(np.int64) for c in ("parent_a", "parent_b")], 1)
+        return p["row"].to_numpy(np.int64), labels
 
     def subset(self, split: str) -> np.ndarray:
         """Images of one split ("train" or "holdout")."""
@@ -60,8 +110,9 @@ class FusionDataset:
         return self.subset("holdout")
 
     def torch_dataset(self, split: str = "train", xflip: bool = False) -> FusionImages:
-        """A torch Dataset of one split, scaled to [-1, 1]."""
-        return FusionImages(self.subset(split), xflip=xflip)
+        """A torch Dataset of one split, scaled to [-1, 1]; its `labels` (int64 (N, 2)) align with its images."""
+        labels = self.subset_labels(split) if self.faces is not None else None
+        return FusionImages(self.subset(split), xflip=xflip, labels=labels)
 
     def summary(self) -> dict:
         """Counts and sigma_data as plain data (for JSON)."""
@@ -69,6 +120,8 @@ class FusionDataset:
         return {**self.info, "size": self.size, "rows": len(m), "train": int((m.split == "train").sum()),
                 "holdout": int((m.split == "holdout").sum()),
                 "holdout_pairs": int((self.pairs.split == "holdout").sum()),
+                "num_faces": self.num_faces,
+                "face_list": [] if self.faces is None else self.faces[["unified", "name", "char"]].values.tolist(),
                 "sigma_data": measure_sigma_data(self.train_images()) if len(m) else None}
 
     def save_summary(self, path: str | Path) -> Path:
@@ -91,11 +144,14 @@ def measure_sigma_data(images: np.ndarray) -> float:
 class FusionImages:
     """torch Dataset over uint8 NHWC images: float CHW tensors in [-1, 1], optionally flipped left-right."""
 
-    def __init__(self, images: np.ndarray, xflip: bool = False):
+    def __init__(self, images: np.ndarray, xflip: bool = False, labels: np.ndarray | None = None):
         import torch
 
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # NCHW uint8 view
         self.xflip = xflip
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, np.int64))  # (N, 2) or None
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError(f"labels ({len(self.labels)}) and images ({len(self.images)}) must align")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -107,6 +163,15 @@ class FusionImages:
         if self.xflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x
+
+
+def _face_table(face_lists: dict) -> pd.DataFrame:
+    """The shared label space: the union of every style's chosen faces, in face-list order (dropped ones kept)."""
+    seen: dict = {}
+    for fl in face_lists.values():
+        for f in fl:
+            seen.setdefault(f.unified, (f.unified, f.name, f.char))
+    return pd.DataFrame(list(seen.values()), columns=["unified", "name", "char"])
 
 
 def _code_hash() -> str:
@@ -211,8 +276,9 @@ def split_groups(groups: np.ndarray, holdout: float, rng: np.random.Generator) -
     return held[groups]
 
 
-def _build_style(style, face_list, size, holdout, seed, workers, progress, twin_mse=0.003, xflip=True):
-    """One style's rows at the dedup size: fuse all pairs, render, deduplicate by hash, split by twin groups."""
+def _build_style(style, face_list, size, holdout, seed, workers, progress, twin_mse=0.003, xflip=True,
+                 split_mode="twins"):
+    """One style's rows at the dedup size: fuse all pairs, render, deduplicate by hash, split (twins or pairs)."""
     gone = fusion.DROPPED.get(style, {})
     dropped = {f.unified: gone[f.unified] for f in face_list if f.unified in gone}
     faces = [f for f in face_list if f.unified not in dropped]
@@ -226,7 +292,14 @@ def _build_style(style, face_list, size, holdout, seed, workers, progress, twin_
     keep = sorted({h: i for i, h in reversed(list(enumerate(hashes)))}.values())
     rng = np.random.default_rng([seed, int(hashlib.sha256(style.encode()).hexdigest()[:8], 16)])
     groups = twin_groups(base[keep], twin_mse, mirrors=xflip)
-    split = np.where(split_groups(groups, holdout, rng), "holdout", "train").astype(object)
+    extra, pair_extra, split_info = {}, {}, {}
+    if split_mode == "pairs":  # hold out whole part combinations (data/pairs.py), closed over image twin groups
+        units, pair_extra, split_info = _pair_units(faces, base, np.asarray(row_of), groups, twin_mse, xflip)
+        extra = {"unit": units}
+        held = split_groups(units, holdout, rng)
+    else:
+        held = split_groups(groups, holdout, rng)
+    split = np.where(held, "holdout", "train").astype(object)
     counts = np.bincount(row_of, minlength=len(keep))
     manifest = pd.DataFrame({
         "style": style,
@@ -240,26 +313,46 @@ def _build_style(style, face_list, size, holdout, seed, workers, progress, twin_
         "twin_group": groups,
         "hash": [hashes[i] for i in keep],
         "n_pairs": counts,
+        **extra,
     })
     pair_table = pd.DataFrame({"style": style, "parent_a": [p[0] for p in pairs], "parent_b": [p[1] for p in pairs],
                                "row": row_of, "split": split[row_of] if pairs else [],
-                               "duplicate": ~np.isin(np.arange(len(pairs)), keep)})
+                               "duplicate": ~np.isin(np.arange(len(pairs)), keep), **pair_extra})
     images = base[keep]
     info = {"faces": len(faces), "pairs": len(pairs), "distinct": len(keep), "duplicates": len(pairs) - len(keep),
             "twin_groups": int(groups.max() + 1) if len(groups) else 0,
             "largest_twin_group": int(np.bincount(groups).max()) if len(groups) else 0,
             "duplicate_rate": (len(pairs) - len(keep)) / max(len(pairs), 1), "dropped": dropped,
-            "overridden": {u: by_u[u].name for u in fusion.OVERRIDES.get(style, {}) if u in by_u}}
+            "overridden": {u: by_u[u].name for u in fusion.OVERRIDES.get(style, {}) if u in by_u}, **split_info}
     return images, manifest, pair_table, info
+
+
+def _pair_units(faces, base, row_of, groups, twin_mse, xflip):
+    """The pair split's units per row, the pair table's class columns, and counts (see data/pairs.py)."""
+    from emojidiff.data import pairs as pairs_mod
+
+    n = len(faces)
+    ia, ib = np.array([(i, j) for i in range(n) for j in range(n) if i != j], np.int64).reshape(-1, 2).T
+    grid = np.zeros((n, n, *base.shape[1:]), np.uint8)
+    grid[ia, ib] = base  # base is in the same (a, b) order
+    upper = pairs_mod.twin_classes(pairs_mod.part_distances(grid, xflip), twin_mse)
+    lower = pairs_mod.twin_classes(pairs_mod.part_distances(grid.transpose(1, 0, 2, 3, 4), xflip), twin_mse)
+    units, combo = pairs_mod.pair_units(ia, ib, row_of, upper, lower, groups)
+    info = {"upper_classes": int(upper.max() + 1) if n else 0, "lower_classes": int(lower.max() + 1) if n else 0,
+            "combinations": int(combo.max() + 1) if len(combo) else 0, "pair_units": int(units.max() + 1)
+            if len(units) else 0, "largest_pair_unit": int(np.bincount(units).max()) if len(units) else 0}
+    return units, {"upper_class": upper[ia], "lower_class": lower[ib], "combination": combo}, info
 
 
 def build_dataset(style: str | list[str] = "noto", faces: str | list[str] = "core", size: int = 32,
                   holdout: float = 0.1, seed: int = 0, max_faces: int = 0, dedup_size: int = 32,
                   cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
-                  use_cache: bool = True, twin_mse: float = 0.003, xflip: bool = True) -> FusionDataset:
+                  use_cache: bool = True, twin_mse: float = 0.003, xflip: bool = True,
+                  split: str = "twins") -> FusionDataset:
     """Fuse all ordered pairs of the chosen faces of one or more styles; cached under $EMOJIDIFF_CACHE.
 
     The held-out split keeps near-twins together: see the module docstring (`twin_mse`, `xflip`: mirrors count).
+    split="pairs" holds out whole part combinations instead (data/pairs.py), for conditional models.
     twin_mse 0.003 leaves room for a copy threshold between it and the memoriser control's noise (MSE 0.001); on
     the Noto core set at 32 px it links 3,797 images into 2,730 groups, the largest of 24.
     """
@@ -271,12 +364,16 @@ def build_dataset(style: str | list[str] = "noto", faces: str | list[str] = "cor
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
     if not twin_mse >= 0.0:
         raise ValueError(f"twin_mse must be >= 0 (an MSE on the [-1, 1] scale), got {twin_mse}")
+    if split not in SPLIT_MODES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
     if size < 8 or dedup_size < 8:
         raise ValueError(f"size and dedup_size must be >= 8 pixels, got {size}, {dedup_size}")
     face_lists = {s: select_faces(faces, s, max_faces) for s in styles}
+    face_table = _face_table(face_lists)
     params = {"styles": styles, "faces": {s: [f.unified for f in fl] for s, fl in face_lists.items()},
               "size": size, "dedup_size": dedup_size, "holdout": holdout, "seed": seed, "code": _code_hash(),
-              "split": {"rule": SPLIT_RULE, "twin_mse": twin_mse, "xflip": bool(xflip)},
+              "split": {"rule": SPLIT_RULE, "twin_mse": twin_mse, "xflip": bool(xflip),
+                        **({"mode": split, "pair_rule": PAIR_RULE} if split != "twins" else {})},
               "data": {s: hashlib.sha256((resources.files("emojidiff") / "data" / f"{s}.json").read_bytes())
                        .hexdigest()[:12] for s in styles}}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
@@ -287,22 +384,23 @@ def build_dataset(style: str | list[str] = "noto", faces: str | list[str] = "cor
         text = {c: str for c in ("style", "parent_a", "parent_b", "name_a", "name_b", "char_a", "char_b", "split",
                                  "hash")}
         return FusionDataset(np.load(folder / "images.npy"), pd.read_csv(folder / "manifest.csv", dtype=text),
-                             pd.read_csv(folder / "pairs.csv", dtype=text), size, info)
+                             pd.read_csv(folder / "pairs.csv", dtype=text), size, info, faces=face_table)
     t0 = time.perf_counter()
     workers = workers or len(os.sched_getaffinity(0))
     if size != dedup_size:  # same rows as the dedup-size build, rendered at this size
         base = build_dataset(styles, faces, dedup_size, holdout, seed, max_faces, dedup_size, cache_dir, workers,
-                             progress, use_cache, twin_mse, xflip)
+                             progress, use_cache, twin_mse, xflip, split)
         images = []
         for s in styles:
             _analyse(s, face_lists[s], progress)
             rows = base.manifest[base.manifest["style"] == s]
             images.append(_render_pairs(s, list(zip(rows.parent_a, rows.parent_b)), size, workers, progress))
         info = {**base.info, "build_seconds": round(time.perf_counter() - t0, 2), "cache_key": key}
-        ds = FusionDataset(np.concatenate(images), base.manifest, base.pairs, size, info)
+        ds = FusionDataset(np.concatenate(images), base.manifest, base.pairs, size, info, faces=face_table)
     else:
         ds = _build_rows(styles, face_lists, faces, size, holdout, seed, max_faces, workers, progress, key, t0,
-                         twin_mse, xflip)
+                         twin_mse, xflip, split)
+        ds.faces = face_table
     if use_cache:
         _save(ds, folder)
     ds.info["cache_hit"] = False
@@ -310,22 +408,30 @@ def build_dataset(style: str | list[str] = "noto", faces: str | list[str] = "cor
 
 
 def _build_rows(styles, face_lists, faces, size, holdout, seed, max_faces, workers, progress, key, t0, twin_mse,
-                xflip):
-    parts = [_build_style(s, face_lists[s], size, holdout, seed, workers, progress, twin_mse, xflip) for s in styles]
+                xflip, split="twins"):
+    parts = [_build_style(s, face_lists[s], size, holdout, seed, workers, progress, twin_mse, xflip, split)
+             for s in styles]
     offsets = np.cumsum([0] + [len(p[1]) for p in parts])
     group_offsets = np.cumsum([0] + [p[3]["twin_groups"] for p in parts])  # group labels unique across styles
     manifest = pd.concat([p[1].assign(twin_group=p[1]["twin_group"] + g) for p, g in zip(parts, group_offsets)],
                          ignore_index=True)
+    if split == "pairs":  # unit labels unique across styles too
+        unit_offsets = np.cumsum([0] + [p[3]["pair_units"] for p in parts])
+        manifest["unit"] = np.concatenate([p[1]["unit"].to_numpy() + u for p, u in zip(parts, unit_offsets)])
     manifest.insert(0, "index", np.arange(len(manifest)))
     pair_tables = [p[2].assign(row=p[2]["row"] + off) for p, off in zip(parts, offsets)]
     pairs = pd.concat(pair_tables, ignore_index=True)
     info = {"styles": styles, "faces_kind": faces if isinstance(faces, str) else "list", "max_faces": max_faces,
             "dedup_size": size, "holdout_share": holdout, "seed": seed, "cache_key": key,
-            "split_rule": {"rule": SPLIT_RULE, "twin_mse": twin_mse, "xflip": bool(xflip), "unit": "twin_group"},
+            "split_rule": {"rule": SPLIT_RULE, "twin_mse": twin_mse, "xflip": bool(xflip),
+                           "unit": "twin_group" if split == "twins" else "pair_unit", "mode": split},
             "per_style": {s: p[3] for s, p in zip(styles, parts)},
             **{k: sum(p[3][k] for p in parts) for k in ("faces", "pairs", "distinct", "duplicates")}}
     info["duplicate_rate"] = info["duplicates"] / max(info["pairs"], 1)
     info["twin_groups"] = int(group_offsets[-1])
+    if split == "pairs":
+        for k in ("upper_classes", "lower_classes", "combinations", "pair_units"):
+            info[k] = sum(p[3][k] for p in parts)
     info["build_seconds"] = round(time.perf_counter() - t0, 2)
     return FusionDataset(np.concatenate([p[0] for p in parts]), manifest, pairs, size, info)
 
@@ -349,6 +455,7 @@ def dataset_from_config(cfg, size: int | None = None, **kwargs) -> FusionDataset
     """
     d = cfg.data
     kwargs.setdefault("xflip", cfg.train.xflip)
+    kwargs.setdefault("split", getattr(d, "split", "twins"))
     return build_dataset(style=d.styles, faces=d.faces, size=size or d.size, holdout=d.holdout, seed=cfg.seed,
                          max_faces=d.max_faces, dedup_size=d.size, **kwargs)
 
