@@ -156,3 +156,32 @@ def test_overfits_a_handful_of_images(one_thread):
         opt.step()
     after = held_loss()
     assert after < 0.5 * before
+
+
+def test_label_one_hot_is_scaled_by_sqrt_of_label_inputs_before_map_label():
+    # NVlabs/edm SongUNet feeds map_label(one_hot * sqrt(in_features)); without the scale (2 x 4 inputs) the label
+    # term is sqrt(8) times smaller and a one-hot of many classes barely moves the embedding (issue 18).
+    torch.manual_seed(0)
+    net = UNet(img_resolution=16, label_dim=4, label_slots=2, **SMOKE).eval()
+    seen = []
+    net.map_label.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    x, c = torch.randn(3, 3, 16, 16), torch.zeros(3)
+    net(x, c, torch.tensor([[0, 1], [3, -1], [-1, -1]]))
+    expected = torch.zeros(3, 8)
+    expected[0, 0] = expected[0, 5] = expected[1, 3] = 8**0.5
+    assert torch.equal(seen[0], expected)
+    # the label term added to the noise embedding equals W @ (scaled one-hot): linear, no bias, null adds nothing
+    emb_null = net.map_noise(c)
+    assert torch.allclose(net.map_label(seen[0])[2], torch.zeros(net.map_label.out_features))
+    assert net.map_label.bias is None and emb_null.shape == (3, 16)
+
+
+def test_unconditional_net_ignores_the_label_path_entirely():
+    # an unconditional net has no map_label, and a conditional net called without labels equals the null label
+    torch.manual_seed(0)
+    plain = _perturb_output(UNet(img_resolution=16, **SMOKE)).eval()
+    assert plain.map_label is None
+    torch.manual_seed(0)
+    cond = _perturb_output(UNet(img_resolution=16, label_dim=4, label_slots=2, **SMOKE)).eval()
+    x, c = torch.randn(2, 3, 16, 16), torch.zeros(2)
+    assert torch.equal(cond(x, c), cond(x, c, torch.full((2, 2), -1)))

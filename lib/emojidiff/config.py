@@ -268,7 +268,7 @@ def _validate(cfg: Config, source: str) -> None:
         (s.S_churn >= 0, "sample.S_churn", "must be >= 0", s.S_churn),
         (0 <= s.S_min <= s.S_max, "sample.S_min", "must be in [0, sample.S_max]", s.S_min),
         (s.S_noise > 0, "sample.S_noise", "must be positive", s.S_noise),
-        (s.solver in ("heun", "euler"), "sample.solver", "must be 'heun' or 'euler'", s.solver),
+        (s.solver in ("heun", "euler", "dpmpp2m"), "sample.solver", "must be heun, euler or dpmpp2m", s.solver),
         (s.guidance >= 0, "sample.guidance", "must be >= 0", s.guidance),
         (e.kid_subsets > 0, "eval.kid_subsets", "must be positive", e.kid_subsets),
         (e.kid_subset_size > 1, "eval.kid_subset_size", "must be >= 2", e.kid_subset_size),

@@ -1,4 +1,4 @@
-"""EDM samplers: the Karras noise schedule (eq. 5), Heun's 2nd-order sampler (Algorithm 2) and Euler."""
+"""EDM samplers: the Karras schedule (eq. 5), Heun (Algorithm 2), Euler, DPM-Solver++(2M); classifier-free guidance."""
 
 from __future__ import annotations
 
@@ -79,6 +79,69 @@ def euler_sample(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, dtype: tor
     return x
 
 
+@torch.no_grad()
+def dpmpp2m_sample(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, dtype: torch.dtype | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in data prediction, one network evaluation per step.
+
+    EDM's x = y + sigma n is the paper's alpha_t = 1, sigma_t = sigma: lambda = -log sigma, h_i = log(s_i-1 / s_i).
+    """
+    dtype = dtype or noise.dtype
+    sigmas = torch.as_tensor(sigmas, dtype=dtype, device=noise.device)
+    x = noise.to(dtype) * sigmas[0]
+    d_prev, h_prev = None, None
+    for i in tqdm(range(len(sigmas) - 1), desc="dpm++2m", disable=not progress, leave=False):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        d = denoiser(x, t_cur).to(dtype)
+        if t_next == 0:  # lambda = inf: the exponential integrator lands on the (first-order) denoised estimate
+            x = d
+            break
+        h = (t_cur / t_next).log()
+        d_hat = d
+        if d_prev is not None:  # multistep: D_i = (1 + 1/(2r)) D(x_i-1) - 1/(2r) D(x_i-2), r = h_i-1 / h_i
+            r = h_prev / h
+            d_hat = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * d_prev
+        # x_i = (sigma_i / sigma_i-1) x_i-1 - alpha_i (e^{-h_i} - 1) D_i, with alpha = 1
+        x = (t_next / t_cur) * x - torch.expm1(-h) * d_hat
+        d_prev, h_prev = d, h
+    return x
+
+
+SOLVERS = ("heun", "euler", "dpmpp2m")
+
+
+def network_evaluations(solver: str, num_steps: int, guidance: float = 1.0, conditional: bool = False) -> int:
+    """Network evaluations per image: Heun 2N - 1, Euler and DPM-Solver++(2M) N; guided (w not 0 or 1) twice that."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    nfe = 2 * num_steps - 1 if solver == "heun" else num_steps
+    return 2 * nfe if conditional and guidance not in (0.0, 1.0) else nfe
+
+
+def guided(denoiser, labels: torch.Tensor | None, guidance: float = 1.0):
+    """D_w(x) = D(x, null) + w (D(x, labels) - D(x, null)) (classifier-free guidance, Ho & Salimans 2022).
+
+    w = 1 calls D with the labels, w = 0 with the null label, each once; any other w batches both in one pass.
+    labels None calls D(x, sigma) as an unconditional net.
+    """
+    if labels is None:
+        if guidance != 1.0:
+            raise ValueError(f"guidance {guidance} needs labels: an unconditional call has no null branch")
+        return denoiser
+    null = torch.zeros_like(labels) if labels.is_floating_point() else torch.full_like(labels, -1)
+    if guidance == 1.0:
+        return lambda x, sigma: denoiser(x, sigma, labels)
+    if guidance == 0.0:
+        return lambda x, sigma: denoiser(x, sigma, null)
+    both = torch.cat([labels, null])
+
+    def D(x, sigma):
+        d_cond, d_null = denoiser(torch.cat([x, x]), sigma, both).chunk(2)
+        return d_null + guidance * (d_cond - d_null)
+
+    return D
+
+
 def image_generator(seed: int, index: int) -> torch.Generator:
     """A CPU generator for image `index` of a run with `seed`: same noise whatever the batching or device."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0]
@@ -86,22 +149,31 @@ def image_generator(seed: int, index: int) -> torch.Generator:
 
 
 def generate(denoiser, num_images: int, seed: int, batch_size: int = 256, num_steps: int = 18,
-             start_index: int = 0, device: str | torch.device = "cpu", sampler: str = "heun", sigma_min: float = 0.002,
+             start_index: int = 0, device: str | torch.device = "cpu", solver: str = "heun", sigma_min: float = 0.002,
              sigma_max: float = 80.0, rho: float = 7.0, shape: tuple[int, int, int] | None = None,
-             labels: torch.Tensor | None = None, dtype: torch.dtype = torch.float64, autocast: bool = False,
-             uint8: bool = False, progress: bool = True, **churn):
+             labels: torch.Tensor | None = None, guidance: float = 1.0, dtype: torch.dtype = torch.float64,
+             autocast: bool = False, uint8: bool = False, progress: bool = True, **churn):
     """Draw images start_index .. start_index + num_images - 1; [-1, 1] NCHW float (CPU) or uint8 NHWC numpy.
 
     Image i's noise (and churn noise) comes from its own generator seeded by (seed, i), so it is identical
-    for any batch size. `churn` takes S_churn, S_min, S_max, S_noise (Algorithm 2); `labels` one row per image.
+    for any batch size or guidance. `churn` takes S_churn, S_min, S_max, S_noise (Heun only, Algorithm 2).
+    `labels`: one row per image (int64 (num_images, label_slots), -1 = null); `guidance` w as in `guided`.
     """
-    if sampler not in ("heun", "euler"):
-        raise ValueError(f"sampler must be 'heun' or 'euler', got {sampler!r}")
-    if sampler == "euler" and churn:
-        raise ValueError(f"the Euler sampler takes no churn arguments, got {sorted(churn)}")
+    if "sampler" in churn:  # the argument's earlier name
+        solver = churn.pop("sampler")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver (sampler) must be one of {SOLVERS}, got {solver!r}")
+    if solver != "heun" and churn:
+        raise ValueError(f"the {solver} solver takes no churn arguments, got {sorted(churn)}")
     unknown = set(churn) - {"S_churn", "S_min", "S_max", "S_noise"}
     if unknown:
         raise ValueError(f"unknown sampler arguments {sorted(unknown)}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+    if labels is None and guidance != 1.0:
+        raise ValueError(f"guidance {guidance} needs labels (the net is sampled unconditionally without them)")
+    if labels is not None and len(labels) != num_images:
+        raise ValueError(f"labels has {len(labels)} rows for {num_images} images")
     if shape is None:
         res, ch = getattr(denoiser, "img_resolution", None), getattr(denoiser, "img_channels", None)
         if res is None or ch is None:
@@ -119,16 +191,15 @@ def generate(denoiser, num_images: int, seed: int, batch_size: int = 256, num_st
             gens = [image_generator(seed, i) for i in idx]
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
             batch_labels = None if labels is None else labels[start:start + len(idx)].to(device)
-
-            def D(x, sigma, batch_labels=batch_labels):
-                return denoiser(x, sigma) if batch_labels is None else denoiser(x, sigma, batch_labels)
-
+            D = guided(denoiser, batch_labels, guidance)
             amp = torch.autocast(device.type, torch.bfloat16) if autocast else contextlib.nullcontext()
             with amp:
-                if sampler == "heun":
+                if solver == "heun":
                     x = heun_sample(D, noise, sigmas, generator=gens, dtype=dtype, **churn)
-                else:
+                elif solver == "euler":
                     x = euler_sample(D, noise, sigmas, dtype=dtype)
+                else:
+                    x = dpmpp2m_sample(D, noise, sigmas, dtype=dtype)
             out.append(x.float().clamp(-1, 1).cpu())
     finally:
         if was_training:

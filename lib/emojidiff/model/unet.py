@@ -180,7 +180,9 @@ class UNet(nn.Module):
             if self.training and self.label_dropout:  # drop to the null label, for classifier-free guidance
                 keep = torch.rand(x.shape[0], 1, device=emb.device) >= self.label_dropout
                 onehot = onehot * keep
-            emb = emb + self.map_label(onehot)
+            # NVlabs/edm SongUNet: scale by sqrt(in_features) so the label term is O(1) beside the noise embedding
+            # (fed as is, one hot of 2 x 67 barely moved the embedding and w = 1 nearly ignored the label, issue 18).
+            emb = emb + self.map_label(onehot * math.sqrt(self.map_label.in_features))
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
 
         x = self.conv_in(x)
