@@ -141,7 +141,7 @@ def main(argv=None) -> None:
         ckpt = snap[1] if snap is not None else ckpt
     net = load_denoiser(ckpt, "cpu", ema=True)
     if getattr(net.net, "label_dim", 0):
-        raise SystemExit(f"{ckpt}: a conditional net; this benchmark samples unconditional nets")
+        print(f"{ckpt}: a conditional net, sampled with the null label (unconditionally)")
     meta = read_meta(ckpt) if ckpt.is_file() else {}
     train = dataset_from_config(cfg).train_images()
     ref = reference_set(train, xflip=cfg.train.xflip).images
