@@ -29,8 +29,9 @@ from train_throughput import describe, measure_step  # noqa: E402
 
 from emojidiff.config import config_from_dict, load_config  # noqa: E402
 from emojidiff.layout import RunLayout  # noqa: E402
-from emojidiff.model.edm import build_denoiser  # noqa: E402
-from emojidiff.training.train import batch_loss, precision_name, resolve_precision, train_width  # noqa: E402
+from emojidiff.model.edm import build_denoiser, edm_loss  # noqa: E402
+from emojidiff.training.distributed import precision_name, resolve_precision  # noqa: E402
+from emojidiff.training.train import train_width  # noqa: E402
 
 
 def gradient_gap(model_cfg, width: int, batch: int, batch_gpu: int, device: torch.device) -> float:
@@ -44,7 +45,7 @@ def gradient_gap(model_cfg, width: int, batch: int, batch_gpu: int, device: torc
         net.zero_grad(set_to_none=True)
         for r in range(batch // chunk):
             s = slice(r * chunk, (r + 1) * chunk)
-            (batch_loss(net, y[s], rnd[s], noise[s], -1.2, 1.2, 0.5).mean() / (batch // chunk)).backward()
+            (edm_loss(net, y[s], rnd_normal=rnd[s], noise=noise[s]).mean() / (batch // chunk)).backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
     return float((grads[1] - grads[0]).abs().max() / grads[0].abs().max())
 

@@ -19,11 +19,11 @@ import time
 import torch
 
 from emojidiff.config import load_config
-from emojidiff.model.edm import build_denoiser
+from emojidiff.model.edm import build_denoiser, edm_loss
 from emojidiff.model.unet import count_parameters
-from emojidiff.training.distributed import resolve_device
+from emojidiff.training.distributed import resolve_device, resolve_precision
 from emojidiff.training.ema import make_ema, update_ema
-from emojidiff.training.train import CHECK_EVERY_CPU, CHECK_EVERY_CUDA, batch_loss, memory_format, resolve_precision
+from emojidiff.training.train import CHECK_EVERY_CPU, CHECK_EVERY_CUDA, memory_format
 
 
 def measure_step(model_cfg, width: int, batch: int, precision: str, device: torch.device, steps: int,
@@ -66,8 +66,8 @@ def measure_step(model_cfg, width: int, batch: int, precision: str, device: torc
             y = (data[idx[part]].float() / 127.5 - 1).to(device, memory_format=fmt)
             prep += time.perf_counter() - tp
             with ctx:
-                loss = batch_loss(net, y, rnd[part].to(device), noise[part].to(device, memory_format=fmt),
-                                  -1.2, 1.2, 0.67).mean()
+                loss = edm_loss(net, y, rnd_normal=rnd[part].to(device),
+                                noise=noise[part].to(device, memory_format=fmt)).mean()
             scaled = loss / rounds if rounds > 1 else loss
             (scaler.scale(scaled) if scaler else scaled).backward()
         if scaler:

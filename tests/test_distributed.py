@@ -79,14 +79,14 @@ mode, cfg, out, log = sys.argv[1], config_from_dict(json.loads(sys.argv[2])), sy
 rank = int(os.environ["RANK"])
 torch.set_num_threads(1)
 
-def training_images(cfg):  # the dataset build, timed: rank 0 slowly, as a real first build
+def training_data(cfg):  # the dataset build, timed: rank 0 slowly, as a real first build
     t0 = time.time()
     time.sleep(1.0 if rank == 0 else 0.0)
     with open(f"{{log}}.build.{{rank}}", "w") as f:
         json.dump([t0, time.time()], f)
-    return synthetic_images()
+    return T.TrainingData(synthetic_images())
 
-T.training_images = training_images
+T.training_data = training_data
 masks, real = [], torch.nn.functional.dropout
 
 def dropout(x, p=0.5, training=True, inplace=False):  # the first training-mode dropout mask of this rank

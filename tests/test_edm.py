@@ -209,3 +209,22 @@ def test_build_denoiser_passes_every_model_option():
     cfg.sigma_data = None
     with pytest.raises(ValueError, match="sigma_data is None as argument and in the model config: measure it"):
         build_denoiser(cfg, 8, 16)
+
+
+def test_loss_takes_sigma_data_from_the_denoiser_also_when_wrapped():
+    class Wrapper(nn.Module):  # as DistributedDataParallel: the denoiser sits in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            return self.module(*args)
+
+    den = EDMPrecond(Probe(0.3), sigma_data=0.37)
+    y = torch.rand(4, 3, 4, 4) * 2 - 1
+    rnd, noise = torch.randn(4, 1, 1, 1), torch.randn(4, 3, 4, 4)
+    explicit = edm_loss(den, y, rnd_normal=rnd, noise=noise, sigma_data=0.37)
+    assert torch.equal(edm_loss(den, y, rnd_normal=rnd, noise=noise), explicit)
+    assert torch.equal(edm_loss(Wrapper(Wrapper(den)), y, rnd_normal=rnd, noise=noise), explicit)
+    assert not torch.allclose(edm_loss(den, y, rnd_normal=rnd, noise=noise, sigma_data=0.5), explicit)
+    assert emojidiff.model.edm.denoiser_sigma_data(lambda x, sigma: x) == 0.5  # a bare function: EDM's default

@@ -22,17 +22,10 @@ import emojidiff
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
 from emojidiff.training import checkpoint as ckpt
+from emojidiff.training.checkpoint import read_metrics, sample_grids
+from emojidiff.training.distributed import resolve_precision
 from emojidiff.training.ema import ema_beta, make_ema, update_ema
-from emojidiff.training.train import (
-    TrainingDiverged,
-    batch_loss,
-    epoch_order,
-    next_indices,
-    read_metrics,
-    resolve_precision,
-    sample_grids,
-    train_width,
-)
+from emojidiff.training.train import TrainingDiverged, epoch_order, next_indices, train_width
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 
@@ -53,16 +46,6 @@ def test_epoch_order_is_a_seeded_permutation_and_batches_cross_epochs():
     idx, epoch, pos = next_indices(10, 8, 0, 0, 6)  # 4 left in epoch 0, then 4 of epoch 1
     assert (epoch, pos) == (1, 4)
     assert idx.tolist() == epoch_order(10, 0, 0)[6:].tolist() + epoch_order(10, 0, 1)[:4].tolist()
-
-
-def test_batch_loss_equals_edm_loss_for_the_same_draws():
-    torch.manual_seed(0)
-    net = emojidiff.build_denoiser(config_from_dict(tiny_config()).model, 8, 32, 0.6).eval()
-    y = torch.rand(4, 3, 32, 32) * 2 - 1
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    ref = emojidiff.edm_loss(net, y, -1.2, 1.2, 0.6, generator=g1)
-    rnd, noise = torch.randn(4, 1, 1, 1, generator=g2), torch.randn(4, 3, 32, 32, generator=g2)
-    torch.testing.assert_close(batch_loss(net, y, rnd, noise, -1.2, 1.2, 0.6), ref, rtol=1e-6, atol=1e-7)
 
 
 def test_ema_beta_follows_edm_halflife_with_rampup():
@@ -113,14 +96,14 @@ def _poison_loss_at(monkeypatch, step: int) -> dict:
     """Make the training loss NaN at one step; returns the call counter."""
     train_mod = sys.modules["emojidiff.training.train"]  # the module (emojidiff.train is the function)
     calls = {"n": 0}
-    real = train_mod.batch_loss
+    real = train_mod.edm_loss
 
     def poisoned(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == step else loss
 
-    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    monkeypatch.setattr(train_mod, "edm_loss", poisoned)
     return calls
 
 
@@ -256,13 +239,13 @@ def test_one_step_matches_a_hand_computed_update(tmp_path):
 def test_bf16_training_really_autocasts_and_resumes_bit_for_bit(tmp_path, monkeypatch):
     train_mod = sys.modules["emojidiff.training.train"]
     seen = []
-    real = train_mod.batch_loss
+    real = train_mod.edm_loss
 
     def recording(*a, **k):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "batch_loss", recording)
+    monkeypatch.setattr(train_mod, "edm_loss", recording)
     full = _run(tiny_config(duration_kimg=0.08, precision="bf16"), RunLayout(tmp_path / "full"))
     assert full["precision"] == "bf16" and seen and all(seen)
     fp32 = _run(tiny_config(duration_kimg=0.08, precision="fp32"), RunLayout(tmp_path / "fp32"))

@@ -40,15 +40,28 @@ class EDMPrecond(nn.Module):
         return D_x
 
 
+def denoiser_sigma_data(denoiser) -> float:
+    """The sigma_data of an EDMPrecond, also inside DDP (.module) or torch.compile (._orig_mod); 0.5 for a function."""
+    while not hasattr(denoiser, "sigma_data"):
+        inner = getattr(denoiser, "_orig_mod", None) or getattr(denoiser, "module", None)
+        if inner is None:
+            break
+        denoiser = inner
+    return float(getattr(denoiser, "sigma_data", 0.5))  # EDM's default, for a bare denoising function
+
+
 def edm_loss(denoiser, images: torch.Tensor, P_mean: float = -1.2, P_std: float = 1.2,
-             sigma_data: float = 0.5, generator: torch.Generator | None = None,
+             sigma_data: float | None = None, generator: torch.Generator | None = None,
              labels: torch.Tensor | None = None, rnd_normal: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image EDM loss, eq. 8: lambda(sigma) |D(y + n; sigma) - y|^2 averaged over pixels.
 
-    `rnd_normal` (N,1,1,1) and `noise` (like images) are standard normals drawn by the caller (e.g. one global
-    draw shared by data-parallel ranks); otherwise they are drawn from `generator`.
+    `sigma_data` defaults to the denoiser's own (EDMPrecond.sigma_data). `rnd_normal` (N,1,1,1) and `noise` (like
+    images) are standard normals drawn by the caller (e.g. one global draw shared by data-parallel ranks); otherwise
+    they are drawn from `generator`.
     """
+    if sigma_data is None:
+        sigma_data = denoiser_sigma_data(denoiser)
     y = images
     n_img = y.shape[0]
     gen_device = generator.device if generator is not None else y.device  # CPU generator: same numbers anywhere

@@ -12,8 +12,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+
+from emojidiff.config import ModelConfig
+from emojidiff.model.edm import build_denoiser
 
 FORMAT = "emojidiff-checkpoint/1"  # full training state, for resume
 EMA_FORMAT = "emojidiff-ema/1"  # EMA weights only, the thinned series used for evaluation
@@ -223,6 +227,40 @@ def list_snapshots(train_dir: str | Path) -> list[tuple[float, Path]]:
     return sorted(out, key=lambda t: t[0])
 
 
+def read_metrics(train_dir: str | Path) -> pd.DataFrame:
+    """The metrics log of a training folder as a DataFrame (one row per logged step)."""
+    path = Path(train_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log at {path}: train first (notebook 02_training or emojidiff train)")
+    return pd.DataFrame(read_log(path))
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of a metrics log; lines that do not parse (a torn write) are skipped with a warning."""
+    records, torn = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+        else:
+            torn.append(i)
+    if torn:
+        warnings.warn(f"{path}: skipped unreadable line(s) {', '.join(map(str, torn))} (a torn write?)", stacklevel=3)
+    return records
+
+
+def sample_grids(train_dir: str | Path) -> list[tuple[float, Path]]:
+    """The EMA sample grids saved at each snapshot, as (kimg, png path), oldest first."""
+    out = [(float(json.loads(p.with_suffix(".json").read_text())["kimg"]), p.with_suffix(".png"))
+           for p in Path(train_dir).glob("ema-*.json") if p.with_suffix(".png").is_file()]
+    return sorted(out)
+
+
 def remove(json_path: Path) -> None:
     """Delete a checkpoint: its json (the commit marker) first, then its tensors."""
     json_path = Path(json_path)
@@ -329,9 +367,6 @@ def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str
 
 def load_denoiser(path_or_train_dir: str | Path, device: str | torch.device = "cpu", ema: bool = True):
     """An EDMPrecond in eval mode from a checkpoint, an EMA snapshot, or a training folder (its newest EMA)."""
-    from emojidiff.config import ModelConfig
-    from emojidiff.model.edm import build_denoiser
-
     path = Path(path_or_train_dir)
     if path.is_dir():
         snap = latest_good_snapshot(path) if ema else None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from emojidiff.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,6 @@ class DistInfo:
 def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
     """'auto' -> this rank's GPU if there is one, else the CPU; 'cuda' -> cuda:<local_rank>; cuda:N alone only."""
     if world_size > 1 and name.startswith("cuda:"):  # refused, not remapped: the profile would not say what runs
-        from emojidiff.config import ConfigError
-
         raise ConfigError(f"device {name!r} under torchrun ({world_size} processes) would put every rank on one GPU; "
                           "set device: cuda (or auto): each rank then takes cuda:<LOCAL_RANK>")
     if name == "auto":
@@ -39,6 +41,29 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available (set device: cpu or auto)")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 where the hardware does it natively ('auto'), else fp32 (None); fp16 only if asked."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":  # CUDA: trained with a GradScaler; sampled in fp32
+        return torch.float16
+    if device.type == "cuda":  # not counting emulation: V100/T4 would run bf16 slower than fp32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    fast = ("avx512_bf16" in flags or "amx_bf16" in flags) and "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if fast else None
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The profile's name of an autocast dtype (None: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
 
 
 def setup(device: str = "auto") -> DistInfo:
@@ -65,8 +90,6 @@ def wrap(net: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """DistributedDataParallel around `net` when there are several processes."""
     if not info.active:
         return net
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DDP(net, device_ids=ids, broadcast_buffers=False)
 

@@ -7,18 +7,22 @@ import json
 import os
 import random
 import re
+import sys
 import time
 import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emojidiff.config import Config, TrainConfig, load_config, save_resolved
+from emojidiff.config import Config, ConfigError, TrainConfig, load_config, save_resolved
+from emojidiff.data.dataset import dataset_from_config, measure_sigma_data
 from emojidiff.images import save_grid
 from emojidiff.layout import RunLayout
-from emojidiff.model.edm import edm_loss
+from emojidiff.model.edm import build_denoiser, edm_loss
+from emojidiff.model.sampler import generate
 from emojidiff.runlock import run_lock
 from emojidiff.training import checkpoint as ckpt
 from emojidiff.training import distributed as dist
@@ -58,108 +62,70 @@ def next_indices(n: int, batch: int, seed: int, epoch: int, pos: int) -> tuple[t
     return torch.cat(parts), epoch, pos
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the hardware does it natively ('auto'), else fp32 (None); fp16 only if asked."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":  # CUDA: trained with a GradScaler; sampled in fp32
-        return torch.float16
-    if device.type == "cuda":  # not counting emulation: V100/T4 would run bf16 slower than fp32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    fast = ("avx512_bf16" in flags or "amx_bf16" in flags) and "AVX512" in torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if fast else None
-
-
-def precision_name(amp: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
-
-
-def memory_format(choice: str, amp: torch.dtype | None, device: torch.device) -> torch.memory_format:
+def memory_format(choice: str, amp_dtype: torch.dtype | None, device: torch.device) -> torch.memory_format:
     """train.channels_last: 'auto' keeps the CPU rule (with bf16 autocast) and is off on CUDA until a GPU shows
     it pays (ATen's GroupNorm makes its inputs NCHW-contiguous again: bench/gpu_check.py measures both)."""
-    if choice == "on" or (choice == "auto" and device.type != "cuda" and amp is not None):
+    if choice == "on" or (choice == "auto" and device.type != "cuda" and amp_dtype is not None):
         return torch.channels_last
     return torch.contiguous_format
 
 
-def accumulation(batch: int, batch_gpu: int, info) -> tuple[int, int]:
+def accumulation(batch: int, batch_gpu: int, info: dist.DistInfo) -> tuple[int, int]:
     """(images per forward/backward, rounds per step) for this process's share of the global batch."""
     per = batch // info.world_size
     chunk = batch_gpu or per
     if per % chunk:
-        from emojidiff.config import ConfigError
-
         raise ConfigError(f"train.batch_gpu={batch_gpu} must divide each process's share ({per} = {batch} / "
                           f"{info.world_size} processes)")
     return chunk, per // chunk
 
 
-def batch_loss(net, y: torch.Tensor, rnd_normal: torch.Tensor, noise: torch.Tensor, P_mean: float, P_std: float,
-               sigma_data: float) -> torch.Tensor:
-    """EDM eq. 8 with pre-drawn ln(sigma) normals and noise, so ranks can share one global draw."""
-    return edm_loss(net, y, P_mean, P_std, sigma_data, rnd_normal=rnd_normal, noise=noise)
+@dataclass
+class TrainingData:
+    """The images one width trains on (uint8 NHWC) and, for a conditional model, their (parent A, parent B) labels."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None  # (N, 2) int64 indices into the dataset's face list
+    num_faces: int = 0  # the conditional net's label_dim
 
 
-def training_images(cfg: Config) -> np.ndarray:
-    """The training split of the profile's dataset, uint8 NHWC."""
-    from emojidiff.data.dataset import dataset_from_config
+def training_data(cfg: Config) -> TrainingData:
+    """The training split of the profile's dataset; with model.conditional, also each image's parents as labels."""
+    ds = dataset_from_config(cfg)
+    images = np.asarray(ds.train_images())
+    if not cfg.model.conditional:
+        return TrainingData(images)
+    return TrainingData(images, ds.train_labels(), ds.num_faces)
 
-    return np.asarray(dataset_from_config(cfg).train_images())
+
+def conditioned(cfg: Config, data: TrainingData) -> Config:
+    """The profile with model.label_dim resolved: the number of faces when conditional, else refused if set."""
+    m = cfg.model
+    if not m.conditional:
+        if m.label_dim:
+            raise ConfigError(f"model.label_dim={m.label_dim} without model.conditional: set conditional: true "
+                              "(label_dim then follows the dataset's faces) or label_dim: 0")
+        return cfg
+    if data.labels is None or data.labels.shape != (len(data.images), 2):
+        got = None if data.labels is None else tuple(data.labels.shape)
+        raise ValueError(f"model.conditional needs (N, 2) parent labels for the {len(data.images)} images, got {got}")
+    if m.label_slots != 2:
+        raise ConfigError(f"model.label_slots={m.label_slots}: a conditional model takes 2 labels (parents A and B)")
+    if m.label_dim and m.label_dim != data.num_faces:
+        raise ConfigError(f"model.label_dim={m.label_dim} but the dataset has {data.num_faces} faces; "
+                          "leave label_dim at 0 for a conditional model")
+    return replace(cfg, model=replace(m, label_dim=data.num_faces))
 
 
 def measured_sigma_data(images: np.ndarray) -> float:
-    from emojidiff.data.dataset import measure_sigma_data
-
     return float(measure_sigma_data(images))
-
-
-def read_metrics(train_dir: str | Path):
-    """The metrics log of a training folder as a DataFrame (one row per logged step)."""
-    import pandas as pd
-
-    path = Path(train_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics log at {path}: train first (notebook 02_training or emojidiff train)")
-    return pd.DataFrame(_read_log(path))
-
-
-def _read_log(path: Path) -> list[dict]:
-    """The records of a metrics log; lines that do not parse (a torn write) are skipped with a warning."""
-    records, torn = [], []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
-        else:
-            torn.append(i)
-    if torn:
-        warnings.warn(f"{path}: skipped unreadable line(s) {', '.join(map(str, torn))} (a torn write?)", stacklevel=3)
-    return records
-
-
-def sample_grids(train_dir: str | Path) -> list[tuple[float, Path]]:
-    """The EMA sample grids saved at each snapshot, as (kimg, png path), oldest first."""
-    out = [(float(json.loads(p.with_suffix(".json").read_text())["kimg"]), p.with_suffix(".png"))
-           for p in Path(train_dir).glob("ema-*.json") if p.with_suffix(".png").is_file()]
-    return sorted(out)
 
 
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they would be repeated)."""
     if path.is_file():
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # temp file + rename: a kill keeps the old log
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in _read_log(path) if r["step"] <= step))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in ckpt.read_log(path) if r["step"] <= step))
         os.replace(tmp, path)
 
 
@@ -187,24 +153,62 @@ def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
         warnings.warn(f"resuming {meta['_json']} with changed train settings: {', '.join(changed)}", stacklevel=3)
 
 
-def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True, images: np.ndarray | None = None,
-                progress: bool = True) -> dict:
-    """Train one UNet width into layout.train(width), holding the run folder's lock; returns a summary."""
-    if cfg.model.label_dim:
-        raise NotImplementedError(f"model.label_dim={cfg.model.label_dim}: conditional training is not supported")
-    main = dist.setup(cfg.device).is_main  # ranks of one torchrun share the folder; rank 0 holds the lock
-    with run_lock(layout.root, "training") if main else contextlib.nullcontext():
-        return _train_width(cfg, layout, width, resume, images, progress)
+@dataclass
+class Trainer:
+    """What one width's training holds fixed: profile, folder, process, data and the modules it updates."""
+
+    cfg: Config
+    width: int
+    out: Path
+    info: dist.DistInfo
+    images: torch.Tensor  # uint8 NCHW, on the GPU when training there
+    labels: torch.Tensor | None  # (N, 2) int64 parents, conditional models only
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    model: torch.nn.Module  # net as called: wrapped by DDP, compiled
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    noise_rng: torch.Generator  # flips, sigmas and noise: one global draw, the same on every rank
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    amp_dtype: torch.dtype | None
+    fmt: torch.memory_format
+    shard: slice  # this rank's part of every global batch
+    chunk: int  # images per forward/backward
+    rounds: int  # forward/backward rounds per step (gradient accumulation)
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.train.batch_size
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, self.amp_dtype)
 
 
-def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, images: np.ndarray | None,
-                 progress: bool) -> dict:
-    from emojidiff.model.edm import build_denoiser
-    from emojidiff.model.sampler import generate
+@dataclass
+class LoopState:
+    """Where the loop stands: the counters a checkpoint saves, and this session's bookkeeping."""
 
-    tc, info = cfg.train, dist.setup(cfg.device)
-    out = layout.train(width)
-    out.mkdir(parents=True, exist_ok=True)
+    step: int = 0
+    nimg: int = 0
+    epoch: int = 0  # data order: epoch and position in its permutation
+    pos: int = 0
+    wall_s: float = 0.0  # training time over all sessions
+    loss_window: list[float] = field(default_factory=list)  # losses since the last log line (saved: resume logs same)
+    pending: list = field(default_factory=list)  # (loss, gradient finite) of steps not yet checked
+    last_checkpoint: str | None = None
+    t_log: float = 0.0
+    n_log: int = 0
+
+    SAVED = ("step", "nimg", "epoch", "pos", "wall_s")
+
+    def saved(self) -> dict:
+        return {k: getattr(self, k) for k in self.SAVED}
+
+
+def find_resume_point(cfg: Config, out: Path, info: dist.DistInfo, resume: bool) -> tuple[dict, dict] | None:
+    """The checkpoint to resume from, chosen by rank 0 (which first tidies the folder), loaded on every rank."""
     found, choice = None, None
     if info.is_main:  # the writer tidies first: temp files of killed writes, unreadable checkpoints to bad/
         ckpt.remove_orphans(out)
@@ -221,204 +225,295 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, image
             raise ckpt.CheckpointError(f"rank {info.rank}: {out / choice}, chosen by rank 0 to resume from, is not "
                                        "on this node's disk; several nodes need a shared run folder")
         found = ckpt.load(out / choice)
-    if images is None:  # rank 0 builds (or loads) the dataset cache; the others wait, then load it
-        images = training_images(cfg) if info.is_main else None
-        dist.barrier(info)
-        images = training_images(cfg) if images is None else images
-    n, total_nimg = len(images), int(round(tc.duration_kimg * 1000))
-    B = tc.batch_size
-    sl = dist.shard(B, info)  # this rank's part of every global batch
-    chunk, rounds = accumulation(B, tc.batch_gpu, info)
-    data = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 NCHW
-    if info.device.type == "cuda":
-        data = data.to(info.device)  # uint8 on the GPU: a batch is gathered there, no host copy per step
+    return found
 
+
+def load_data(cfg: Config, info: dist.DistInfo, data: TrainingData | None) -> TrainingData:
+    """The training data: rank 0 builds (or loads) the dataset cache; the others wait, then load it."""
+    if data is not None:
+        return data
+    data = training_data(cfg) if info.is_main else None
+    dist.barrier(info)
+    return training_data(cfg) if data is None else data
+
+
+def configure_backends(cfg: Config, info: dist.DistInfo, amp_dtype: torch.dtype | None) -> None:
+    """Refuse fp16 off CUDA; on CUDA, cuDNN autotuning or, with train.deterministic, repeatable kernels."""
+    if amp_dtype == torch.float16 and info.device.type != "cuda":
+        raise NotImplementedError(f"train.precision=fp16 needs CUDA (device {info.device}); use bf16 or fp32")
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic  # fixed shapes: cuDNN picks the fastest
+        torch.backends.cudnn.deterministic = cfg.train.deterministic
+        if cfg.train.deterministic:  # no atomics-based kernels where torch has others (cuBLAS: fixed workspace)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data: TrainingData,
+                  found: tuple[dict, dict] | None) -> tuple[Trainer, LoopState]:
+    """Net, EMA, optimiser and noise generator, seeded by (seed, width) and restored from `found` if given."""
+    train_cfg = cfg.train
+    chunk, rounds = accumulation(train_cfg.batch_size, train_cfg.batch_gpu, info)
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2)  # uint8 NCHW
+    labels = torch.from_numpy(data.labels) if data.labels is not None else None
+    if info.device.type == "cuda":  # uint8 on the GPU: a batch is gathered there, no host copy per step
+        images = images.to(info.device)
+        labels = labels.to(info.device) if labels is not None else None
+    sigma_data = found[1]["sigma_data"] if found else cfg.model.sigma_data or measured_sigma_data(data.images)
+
+    torch.manual_seed(_seed_ints(cfg.seed, width, 1))  # init and dropout; numpy/python seeded for any user code
+    np.random.seed(_seed_ints(cfg.seed, width, 3) % 2**32)
+    random.seed(_seed_ints(cfg.seed, width, 4))
+    net = build_denoiser(cfg.model, width, images.shape[-1], sigma_data).to(info.device).train()
+    if info.active:  # same initial weights everywhere, then each rank its own dropout masks
+        torch.manual_seed(_seed_ints(cfg.seed, width, 5, info.rank))
+    amp_dtype = dist.resolve_precision(train_cfg.precision, info.device)
+    configure_backends(cfg, info, amp_dtype)
+    fmt = memory_format(train_cfg.channels_last, amp_dtype, info.device)
+    net = net.to(memory_format=fmt)
+    ema = make_ema(net)
+    fused = {"fused": True} if info.device.type == "cuda" else {}  # one kernel for the whole Adam update
+    optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8, **fused)
+    # noise, sigma and flips: a CPU generator on CPU (as always, bitwise), drawn on the GPU there
+    noise_rng = torch.Generator(info.device if info.device.type == "cuda" else "cpu")
+    noise_rng.manual_seed(_seed_ints(cfg.seed, width, 2))
+    state = LoopState()
+    if found is not None:
+        ckpt.restore_state(found[0], found[1], net, ema, optimizer, {"noise": noise_rng}, info.rank, info.world_size)
+        state = LoopState(**{k: found[1][k] for k in LoopState.SAVED}, last_checkpoint=found[1]["_json"],
+                          loss_window=list(found[1].get("loss_window", [])))
+        if info.is_main:
+            print(f"resuming {out} from {Path(found[1]['_json']).name} at {state.nimg / 1000:g} kimg")
+    scaler = None  # fp16 only: loss scaling, its scale carried across resumes
+    if amp_dtype == torch.float16:
+        scale = float((found[1] if found else {}).get("grad_scale", 2**16))
+        scaler = torch.amp.GradScaler("cuda", init_scale=scale)
+    ddp = dist.wrap(net, info)
+    model = torch.compile(ddp) if train_cfg.compile else ddp
+    trainer = Trainer(cfg, width, out, info, images, labels, net, ema, model, ddp, optimizer, noise_rng, scaler,
+                      amp_dtype, fmt, dist.shard(train_cfg.batch_size, info), chunk, rounds)
+    return trainer, state
+
+
+def fetch_batch(t: Trainer, state: LoopState) -> dict[str, torch.Tensor]:
+    """The next global batch: image indices in the seeded epoch order, then flips, ln(sigma) normals and noise."""
+    n, rng = t.batch_size, t.noise_rng
+    idx, state.epoch, state.pos = next_indices(len(t.images), n, t.cfg.seed, state.epoch, state.pos)
+    idx = idx.to(t.images.device)
+    flip = (torch.rand(n, generator=rng, device=rng.device) < 0.5 if t.cfg.train.xflip
+            else torch.zeros(n, dtype=torch.bool, device=rng.device))
+    rnd_normal = torch.randn(n, 1, 1, 1, generator=rng, device=rng.device)  # same on every rank: one global batch
+    noise = torch.randn(n, *t.images.shape[1:], generator=rng, device=rng.device)
+    return {"idx": idx, "flip": flip, "rnd_normal": rnd_normal, "noise": noise}
+
+
+def accumulate_gradients(t: Trainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Forward and backward over this rank's share in `rounds` chunks (one all-reduce); returns the mean loss."""
+    device, loss_sum = t.info.device, None
+    for r in range(t.rounds):
+        part = slice(t.shard.start + r * t.chunk, t.shard.start + (r + 1) * t.chunk)
+        idx = batch["idx"][part]
+        y = t.images[idx].float() / 127.5 - 1
+        y = torch.where(batch["flip"][part, None, None, None], y.flip(3), y)
+        y = y.to(device, memory_format=t.fmt)
+        labels = t.labels[idx].to(device) if t.labels is not None else None
+        sync = t.ddp.no_sync() if t.info.active and r < t.rounds - 1 else contextlib.nullcontext()
+        with sync:
+            with t.autocast():
+                loss = edm_loss(t.model, y, t.cfg.train.P_mean, t.cfg.train.P_std, labels=labels,
+                                rnd_normal=batch["rnd_normal"][part].to(device),
+                                noise=batch["noise"][part].to(device, memory_format=t.fmt)).mean()
+            scaled = loss if t.rounds == 1 else loss / t.rounds  # equal chunks: the mean of means is the mean
+            (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    return loss_sum if t.rounds == 1 else loss_sum / t.rounds
+
+
+def check_finite(t: Trainer, state: LoopState, bar) -> None:
+    """One all-reduce for the pending steps' losses and gradient flags; raise if any was not finite.
+
+    On CUDA a non-finite step found here was applied up to check_every - 1 steps ago; it is still caught before any
+    log line or checkpoint, so the last good checkpoint is never overwritten by a diverged one.
+    """
+    flags = torch.stack([torch.stack([lo.float() for lo, _ in state.pending]).double(),
+                         torch.stack([f.double() for _, f in state.pending])])
+    flags = dist.sum_tensor(flags, t.info).cpu()
+    losses = [v / t.info.world_size for v in flags[0].tolist()]
+    state.pending.clear()
+    bad = [i for i, (v, f) in enumerate(zip(losses, flags[1].tolist())) if not np.isfinite(v) or f != t.info.world_size]
+    if bad:
+        bar.close()
+        back = len(losses) - 1 - bad[0]  # steps since the first bad one
+        where = (f"the last good checkpoint {state.last_checkpoint} is kept" if state.last_checkpoint
+                 else "no checkpoint was written yet")
+        raise TrainingDiverged(f"non-finite loss ({losses[bad[0]]}) or gradient at step {state.step + 1 - back} "
+                               f"({state.nimg - back * t.batch_size} images seen), width {t.width}; stopped, {where}")
+    state.loss_window.extend(losses)
+
+
+def log_metrics(t: Trainer, state: LoopState, grad_norm: torch.Tensor, bar) -> None:
+    """Rank 0 appends one metrics line (mean loss since the last line); every rank starts a new loss window."""
+    if t.info.is_main:
+        now = time.perf_counter()
+        rec = {"step": state.step, "kimg": state.nimg / 1000, "loss": float(np.mean(state.loss_window)),
+               "lr": t.optimizer.param_groups[0]["lr"], "img_per_s": (state.nimg - state.n_log) / (now - state.t_log),
+               "grad_norm": float(grad_norm), "wall_s": state.wall_s}
+        with open(t.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
+        state.t_log, state.n_log = now, state.nimg
+    state.loss_window = []
+
+
+def checkpoint_meta(t: Trainer, state: LoopState, kind: str) -> dict:
+    """The JSON beside a checkpoint or snapshot: counters, profile sections, sigma_data and the loss window."""
+    cfg = t.cfg.to_dict()
+    return {**state.saved(), "kind": kind, "kimg": state.nimg / 1000, "width": t.width,
+            "img_resolution": t.images.shape[-1], "sigma_data": t.net.sigma_data,
+            **{k: cfg[k] for k in ("model", "data", "train")}, "seed": t.cfg.seed,
+            "world_size": t.info.world_size, "torch": torch.__version__,
+            **({"grad_scale": t.scaler.get_scale()} if t.scaler is not None else {}),
+            "loss_window": list(state.loss_window)}
+
+
+def save_snapshot(t: Trainer, state: LoopState, ema_snapshot: bool, rank_states: list[dict]) -> None:
+    """EMA snapshot and its sample grid first (thinned to max_snapshots), then the resume checkpoint that commits."""
+    stem, train_cfg = f"{state.step:08d}", t.cfg.train
+    if ema_snapshot:
+        ckpt.save(t.out / f"ema-{stem}", {f"ema.{k}": v for k, v in t.ema.state_dict().items()},
+                  checkpoint_meta(t, state, "ema"), fmt=ckpt.EMA_FORMAT)
+        with torch.random.fork_rng(devices=[]):
+            grid = generate(t.ema, GRID_IMAGES, GRID_SEED, batch_size=GRID_IMAGES,
+                            num_steps=min(t.cfg.sample.num_steps, 18), device=t.info.device, dtype=torch.float32,
+                            autocast=t.amp_dtype == torch.bfloat16, uint8=True, progress=False)
+        save_grid(t.out / f"ema-{stem}.png", grid, ncols=8, scale=2)
+        snap_n = _every(train_cfg.snapshot_kimg)
+        snaps = [(round(kimg * 1000) // snap_n, p.with_suffix(".json")) for kimg, p in ckpt.list_snapshots(t.out)]
+        keep = ckpt.thin([k for k, _ in snaps], train_cfg.max_snapshots)
+        for k, old in snaps:
+            if k not in keep:
+                ckpt.remove(old)
+                old.with_suffix(".png").unlink(missing_ok=True)
+    tensors, extra = ckpt.pack_state(t.net, t.ema, t.optimizer, {"noise": t.noise_rng}, rank_states)
+    saved = ckpt.save(t.out / f"ckpt-{stem}", tensors, {**checkpoint_meta(t, state, "checkpoint"), **extra})
+    ckpt.prune(t.out, keep=2, just_saved=saved)  # the latest good, and one before in case it is damaged
+    state.last_checkpoint = str(saved)
+
+
+def _every(kimg: float) -> int:
+    """A period in kimg as a whole number of images (at least one)."""
+    return max(int(kimg * 1000), 1)
+
+
+def train_width(cfg: Config, layout: RunLayout, width: int, resume: bool = True, images: np.ndarray | None = None,
+                progress: bool = True, data: TrainingData | None = None) -> dict:
+    """Train one UNet width into layout.train(width), holding the run folder's lock; returns a summary.
+
+    `images` (uint8 NHWC) or `data` (with labels, for a conditional model) replace the profile's dataset.
+    """
+    main = dist.setup(cfg.device).is_main  # ranks of one torchrun share the folder; rank 0 holds the lock
+    if data is None and images is not None:
+        data = TrainingData(images)
+    with run_lock(layout.root, "training") if main else contextlib.nullcontext():
+        return _train_width(cfg, layout, width, resume, data, progress)
+
+
+def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, data: TrainingData | None,
+                 progress: bool) -> dict:
+    info = dist.setup(cfg.device)
+    out = layout.train(width)
+    out.mkdir(parents=True, exist_ok=True)
+    found = find_resume_point(cfg, out, info, resume)
+    data = load_data(cfg, info, data)
+    cfg = conditioned(cfg, data)
     if not resume and info.is_main:
         _clear(out)
     dist.barrier(info)
     if found is not None:
         _check_resumable(found[1], cfg, width)
-    sigma_data = found[1]["sigma_data"] if found else cfg.model.sigma_data or measured_sigma_data(images)
-
-    torch.manual_seed(_seed_ints(cfg.seed, width, 1))  # init and dropout; numpy/python seeded for any user code
-    np.random.seed(_seed_ints(cfg.seed, width, 3) % 2**32)
-    random.seed(_seed_ints(cfg.seed, width, 4))
-    net = build_denoiser(cfg.model, width, data.shape[-1], sigma_data).to(info.device).train()
-    if info.active:  # same initial weights everywhere, then each rank its own dropout masks
-        torch.manual_seed(_seed_ints(cfg.seed, width, 5, info.rank))
-    amp = resolve_precision(tc.precision, info.device)
-    if amp == torch.float16 and info.device.type != "cuda":
-        raise NotImplementedError(f"train.precision=fp16 needs CUDA (device {info.device}); use bf16 or fp32")
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not tc.deterministic  # fixed shapes: let cuDNN pick the fastest kernels
-        torch.backends.cudnn.deterministic = tc.deterministic
-        if tc.deterministic:  # no atomics-based kernels where torch has others (cuBLAS needs its workspace fixed)
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-    fmt = memory_format(tc.channels_last, amp, info.device)
-    net = net.to(memory_format=fmt)
-    ema = make_ema(net)
-    fused = {"fused": True} if info.device.type == "cuda" else {}  # one kernel for the whole Adam update
-    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, **fused)
-    # noise, sigma and flips: a CPU generator on CPU (as always, bitwise), drawn on the GPU there
-    gen = torch.Generator(info.device if info.device.type == "cuda" else "cpu")
-    gen.manual_seed(_seed_ints(cfg.seed, width, 2))
-    state = {"step": 0, "nimg": 0, "epoch": 0, "pos": 0, "wall_s": 0.0}
-    if found is not None:
-        ckpt.restore_state(found[0], found[1], net, ema, opt, {"noise": gen}, info.rank, info.world_size)
-        state = {k: found[1][k] for k in state}
-        if info.is_main:
-            print(f"resuming {out} from {Path(found[1]['_json']).name} at {state['nimg'] / 1000:g} kimg")
-    scaler = None  # fp16 only: loss scaling, its scale carried across resumes
-    if amp == torch.float16:
-        scaler = torch.amp.GradScaler("cuda", init_scale=float((found[1] if found else {}).get("grad_scale", 2**16)))
-    if info.is_main and (info.device.type == "cuda" or tc.batch_gpu):
-        print(f"train w{width}: {precision_name(amp)}{' + GradScaler' if scaler else ''} (precision: {tc.precision}) "
-              f"on {info.device}, {'channels_last' if fmt == torch.channels_last else 'NCHW'}, {rounds} x {chunk} "
-              f"images per step and process{', deterministic' if tc.deterministic else ''}")
-    metrics_path = out / "metrics.jsonl"
+    t, state = build_trainer(cfg, width, out, info, data, found)
+    train_cfg, batch_size = cfg.train, cfg.train.batch_size
+    if info.is_main and (info.device.type == "cuda" or train_cfg.batch_gpu):
+        print(f"train w{width}: {dist.precision_name(t.amp_dtype)}{' + GradScaler' if t.scaler else ''} (precision: "
+              f"{train_cfg.precision}) on {info.device}, {'channels_last' if t.fmt == torch.channels_last else 'NCHW'}"
+              f", {t.rounds} x {t.chunk} images per step and process"
+              f"{', deterministic' if train_cfg.deterministic else ''}")
     if info.is_main:
-        _trim_metrics(metrics_path, state["step"])
-    ddp = dist.wrap(net, info)
-    model = torch.compile(ddp) if tc.compile else ddp
-    autocast = torch.autocast(info.device.type, amp) if amp is not None else contextlib.nullcontext()
+        _trim_metrics(out / "metrics.jsonl", state.step)
 
-    def meta(kind: str) -> dict:
-        return {**state, "kind": kind, "kimg": state["nimg"] / 1000, "width": width, "img_resolution": data.shape[-1],
-                "sigma_data": sigma_data, **{k: cfg.to_dict()[k] for k in ("model", "data", "train")},
-                "seed": cfg.seed, "world_size": info.world_size, "torch": torch.__version__,
-                **({"grad_scale": scaler.get_scale()} if scaler is not None else {}),
-                "loss_window": list(losses)}  # losses since the last log line, so a resume logs the same mean
-
-    def snapshot(full: bool, ema_snap: bool, rank_states: list[dict]) -> None:
-        """EMA snapshot and its sample grid first, then the resume checkpoint that commits them."""
-        stem = f"{state['step']:08d}"
-        if ema_snap:
-            ckpt.save(out / f"ema-{stem}", {f"ema.{k}": v for k, v in ema.state_dict().items()}, meta("ema"),
-                      fmt=ckpt.EMA_FORMAT)
-            with torch.random.fork_rng(devices=[]):
-                grid = generate(ema, GRID_IMAGES, GRID_SEED, batch_size=GRID_IMAGES,
-                                num_steps=min(cfg.sample.num_steps, 18), device=info.device,
-                                dtype=torch.float32, autocast=amp == torch.bfloat16, uint8=True, progress=False)
-            save_grid(out / f"ema-{stem}.png", grid, ncols=8, scale=2)
-            snaps = [(round(kimg * 1000) // snap_n, p.with_suffix(".json")) for kimg, p in ckpt.list_snapshots(out)]
-            keep = ckpt.thin([k for k, _ in snaps], tc.max_snapshots)
-            for k, old in snaps:
-                if k not in keep:
-                    ckpt.remove(old)
-                    old.with_suffix(".png").unlink(missing_ok=True)
-        if full:
-            tensors, extra = ckpt.pack_state(net, ema, opt, {"noise": gen}, rank_states)
-            saved = ckpt.save(out / f"ckpt-{stem}", tensors, {**meta("checkpoint"), **extra})
-            ckpt.prune(out, keep=2, just_saved=saved)  # the latest good, and one before in case it is damaged
-
-    snap_n = max(int(tc.snapshot_kimg * 1000), 1)
-    ckpt_n = max(int((tc.checkpoint_kimg or tc.snapshot_kimg) * 1000), 1)
+    total_nimg = int(round(train_cfg.duration_kimg * 1000))
+    snap_n, ckpt_n = _every(train_cfg.snapshot_kimg), _every(train_cfg.checkpoint_kimg or train_cfg.snapshot_kimg)
     check_every = CHECK_EVERY_CUDA if info.device.type == "cuda" else CHECK_EVERY_CPU
-    bar = tqdm(total=total_nimg, initial=state["nimg"], unit="img", unit_scale=True, desc=f"train w{width}",
+    bar = tqdm(total=total_nimg, initial=state.nimg, unit="img", unit_scale=True, desc=f"train w{width}",
                disable=not (progress and info.is_main), smoothing=0.1)
-    t_log, n_log, session_t0, session_n0 = time.perf_counter(), state["nimg"], time.perf_counter(), state["nimg"]
-    losses = list(found[1].get("loss_window", [])) if found else []
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, gradient finite) of steps not yet checked
-    last_json = found[1]["_json"] if found else None
-    gdev = gen.device
-    while state["nimg"] < total_nimg:
-        t_step = time.perf_counter()
-        idx, state["epoch"], state["pos"] = next_indices(n, B, cfg.seed, state["epoch"], state["pos"])
-        idx = idx.to(data.device)
-        flip = (torch.rand(B, generator=gen, device=gdev) < 0.5 if tc.xflip
-                else torch.zeros(B, dtype=torch.bool, device=gdev))
-        rnd_normal = torch.randn(B, 1, 1, 1, generator=gen, device=gdev)  # same draws on every rank: one global batch
-        noise = torch.randn(B, *data.shape[1:], generator=gen, device=gdev)
-        opt.zero_grad(set_to_none=True)
-        loss_sum = None
-        for r in range(rounds):  # gradient accumulation: `rounds` chunks of this rank's share, one all-reduce
-            part = slice(sl.start + r * chunk, sl.start + (r + 1) * chunk)
-            y = data[idx[part]].float() / 127.5 - 1
-            y = torch.where(flip[part, None, None, None], y.flip(3), y)
-            y = y.to(info.device, memory_format=fmt)
-            sync = ddp.no_sync() if info.active and r < rounds - 1 else contextlib.nullcontext()
-            with sync:
-                with autocast:
-                    loss = batch_loss(model, y, rnd_normal[part].to(info.device),
-                                      noise[part].to(info.device, memory_format=fmt), tc.P_mean, tc.P_std,
-                                      sigma_data).mean()
-                scaled = loss if rounds == 1 else loss / rounds  # equal chunks: the mean of means is the mean
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-        for g in opt.param_groups:  # linear lr ramp-up over lr_rampup_kimg
-            g["lr"] = tc.lr * min((state["nimg"] + B) / max(tc.lr_rampup_kimg * 1000, 1e-8), 1)
-        if scaler is not None:
-            scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        prev = state["nimg"]
-        done = prev + B >= total_nimg
-        logs = (state["step"] + 1) % LOG_EVERY == 0 or done
-        full = done or (prev + B) // ckpt_n > prev // ckpt_n or (prev + B) // snap_n > prev // snap_n
+    session_t0, session_n0 = time.perf_counter(), state.nimg
+    state.t_log, state.n_log = session_t0, state.nimg
+    while state.nimg < total_nimg:
+        t_step, nimg_after = time.perf_counter(), state.nimg + batch_size
+
+        # Fetch a batch.
+        batch = fetch_batch(t, state)
+
+        # Accumulate gradients.
+        t.optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(t, batch)
+
+        # Update weights: lr ramp-up, clipping, the finiteness check, then the step.
+        for g in t.optimizer.param_groups:
+            g["lr"] = train_cfg.lr * min(nimg_after / max(train_cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+        if t.scaler is not None:
+            t.scaler.unscale_(t.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(t.net.parameters(),
+                                                   train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+        done = nimg_after >= total_nimg
+        logs = (state.step + 1) % LOG_EVERY == 0 or done
+        snapshot = done or nimg_after // snap_n > state.nimg // snap_n
+        full = snapshot or nimg_after // ckpt_n > state.nimg // ckpt_n
         # fp16: an inf gradient is the GradScaler's business (it skips the step), not a divergence
-        finite = torch.isfinite(grad_norm) if scaler is None else torch.ones((), device=grad_norm.device)
-        pending.append((loss_sum if rounds == 1 else loss_sum / rounds, finite))
-        if logs or full or (state["step"] + 1) % check_every == 0:
-            # One all-reduce for the pending steps' losses and gradient flags. On CUDA a non-finite step found here
-            # was applied up to check_every - 1 steps ago; it is still caught before any log line or checkpoint,
-            # so the last good checkpoint is never overwritten by a diverged one.
-            t = torch.stack([torch.stack([lo.float() for lo, _ in pending]).double(),
-                             torch.stack([f.double() for _, f in pending])])
-            t = dist.sum_tensor(t, info).cpu()
-            vals = [v / info.world_size for v in t[0].tolist()]
-            pending.clear()
-            bad = [i for i, (v, f) in enumerate(zip(vals, t[1].tolist())) if not np.isfinite(v) or f != info.world_size]
-            if bad:
-                bar.close()
-                back = len(vals) - 1 - bad[0]  # steps since the first bad one
-                where = (f"the last good checkpoint {last_json} is kept" if last_json
-                         else "no checkpoint was written yet")
-                raise TrainingDiverged(f"non-finite loss ({vals[bad[0]]}) or gradient at step "
-                                       f"{state['step'] + 1 - back} ({prev - back * B} images seen), width {width}; "
-                                       f"stopped, {where}")
-            losses.extend(vals)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
+        finite = torch.isfinite(grad_norm) if t.scaler is None else torch.ones((), device=grad_norm.device)
+        state.pending.append((loss, finite))
+        if logs or full or (state.step + 1) % check_every == 0:
+            check_finite(t, state, bar)
+        if t.scaler is not None:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
         else:
-            opt.step()
-        update_ema(ema, net, ema_beta(state["nimg"], B, tc.ema_halflife_kimg, tc.ema_rampup_ratio))
-        state["step"] += 1
-        state["nimg"] += B
-        state["wall_s"] += time.perf_counter() - t_step
-        bar.update(B)
-        if info.is_main and logs:
-            now = time.perf_counter()
-            rec = {"step": state["step"], "kimg": state["nimg"] / 1000, "loss": float(np.mean(losses)),
-                   "lr": opt.param_groups[0]["lr"], "img_per_s": (state["nimg"] - n_log) / (now - t_log),
-                   "grad_norm": float(grad_norm), "wall_s": state["wall_s"]}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ips=f"{rec['img_per_s']:.0f}")
-            t_log, n_log, losses = now, state["nimg"], []
-        elif logs:
-            losses = []
+            t.optimizer.step()
+
+        # Update EMA.
+        update_ema(t.ema, t.net, ema_beta(state.nimg, batch_size, train_cfg.ema_halflife_kimg,
+                                          train_cfg.ema_rampup_ratio))
+        state.step, state.nimg = state.step + 1, nimg_after
+        state.wall_s += time.perf_counter() - t_step
+        bar.update(batch_size)
+
+        # Log and snapshot.
+        if logs:
+            log_metrics(t, state, grad_norm, bar)
         if full:
             rank_states = dist.gather(ckpt.rank_rng_state(), info)  # each rank's own CPU/CUDA RNG states
-        if full and info.is_main:
-            t_snap = time.perf_counter()
-            snapshot(True, done or state["nimg"] // snap_n > prev // snap_n, rank_states)
-            last_json = str(sorted(out.glob("ckpt-*.json"))[-1])
-            t_log += time.perf_counter() - t_snap  # keep img/s about training
-        if full:
+            if info.is_main:
+                t_snap = time.perf_counter()
+                save_snapshot(t, state, snapshot, rank_states)
+                state.t_log += time.perf_counter() - t_snap  # keep img/s about training
             dist.barrier(info)
     bar.close()
-    session_s = time.perf_counter() - session_t0
-    summary = {"width": width, "train_dir": str(out), "steps": state["step"], "kimg": state["nimg"] / 1000,
-               "wall_s": state["wall_s"], "session_s": session_s,
-               "img_per_s": (state["nimg"] - session_n0) / max(session_s, 1e-9) if state["nimg"] > session_n0 else None,
-               "sigma_data": sigma_data, "precision": precision_name(amp), "batch_gpu": chunk, "rounds": rounds,
-               "device": str(info.device), "world_size": info.world_size,
-               "params": sum(p.numel() for p in net.parameters()), "resumed_from": found[1]["_json"] if found else None,
-               "final_loss": float(read_metrics(out)["loss"].tail(10).mean()) if info.is_main else None,
-               "snapshots": [str(p) for _, p in ckpt.list_snapshots(out)],
-               "net_sha256": ckpt.weights_sha256(net), "ema_sha256": ckpt.weights_sha256(ema)}
-    return summary
+    return summarise(t, state, found, time.perf_counter() - session_t0, session_n0)
+
+
+def summarise(t: Trainer, state: LoopState, found: tuple[dict, dict] | None, session_s: float,
+              session_n0: int) -> dict:
+    """The summary train_width returns: counters, speed, precision, files and weight fingerprints."""
+    info = t.info
+    rate = (state.nimg - session_n0) / max(session_s, 1e-9) if state.nimg > session_n0 else None
+    return {"width": t.width, "train_dir": str(t.out), "steps": state.step, "kimg": state.nimg / 1000,
+            "wall_s": state.wall_s, "session_s": session_s, "img_per_s": rate, "sigma_data": t.net.sigma_data,
+            "precision": dist.precision_name(t.amp_dtype), "batch_gpu": t.chunk, "rounds": t.rounds,
+            "device": str(info.device), "world_size": info.world_size, "label_dim": t.cfg.model.label_dim,
+            "params": sum(p.numel() for p in t.net.parameters()), "resumed_from": found[1]["_json"] if found else None,
+            "final_loss": float(ckpt.read_metrics(t.out)["loss"].tail(10).mean()) if info.is_main else None,
+            "snapshots": [str(p) for _, p in ckpt.list_snapshots(t.out)],
+            "net_sha256": ckpt.weights_sha256(t.net), "ema_sha256": ckpt.weights_sha256(t.ema)}
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, width: int | None = None, resume: bool = True,
@@ -459,8 +554,6 @@ def cli_main(args) -> int:
 
 
 if __name__ == "__main__":  # python -m emojidiff.training.train ...; torchrun: -m emojidiff.cli train ...
-    import sys
-
-    from emojidiff.cli import main
+    from emojidiff.cli import main  # the CLI imports this module: imported here, only when run as a script
 
     sys.exit(main(["train", *sys.argv[1:]]))
