@@ -73,20 +73,7 @@ class FusionDataset:
 
     def face_index(self, face) -> int:
         """A face's label index from its index, name ("grinning face"), emoji character or unified codepoint."""
-        f = self.faces if self.faces is not None else pd.DataFrame(columns=["unified", "name", "char"])
-        if isinstance(face, (int, np.integer)) and not isinstance(face, bool) and 0 <= face < len(f):
-            return int(face)
-        if isinstance(face, str):
-            key = face.strip()
-            name = key.lower().replace(" ", "-").replace("_", "-")
-            for col, value in (("char", key), ("name", name), ("unified", key.lower())):
-                hit = np.nonzero((f[col].str.lower() if col != "char" else f[col]).to_numpy() == value)[0]
-                if len(hit):
-                    return int(hit[0])
-            if key.isdigit():
-                return self.face_index(int(key))
-        names = ", ".join(f"{i}: {r.char} {r.name}" for i, r in enumerate(f.itertuples()))
-        raise KeyError(f"unknown face {face!r}; faces of this dataset: {names}")
+        return face_index(self.faces, face)
 
     def pair_labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(row index, labels) of every ordered pair of one split, duplicates included (a row shared by two pairs
@@ -172,6 +159,30 @@ def _face_table(face_lists: dict) -> pd.DataFrame:
         for f in fl:
             seen.setdefault(f.unified, (f.unified, f.name, f.char))
     return pd.DataFrame(list(seen.values()), columns=["unified", "name", "char"])
+
+
+def face_index(faces: pd.DataFrame | None, face) -> int:
+    """Index in a face table (unified, name, char) of a face given by index, name, emoji character or codepoint."""
+    f = faces if faces is not None else pd.DataFrame(columns=["unified", "name", "char"])
+    if isinstance(face, (int, np.integer)) and not isinstance(face, bool) and 0 <= face < len(f):
+        return int(face)
+    if isinstance(face, str):
+        key = face.strip()
+        name = key.lower().replace(" ", "-").replace("_", "-")
+        for col, value in (("char", key), ("name", name), ("unified", key.lower())):
+            hit = np.nonzero((f[col].str.lower() if col != "char" else f[col]).to_numpy() == value)[0]
+            if len(hit):
+                return int(hit[0])
+        if key.isdigit():
+            return face_index(f, int(key))
+    names = ", ".join(f"{i}: {r.char} {r.name}" for i, r in enumerate(f.itertuples()))
+    raise EmojiSourceError(f"unknown face {face!r}; the faces are {names}")
+
+
+def face_table(styles, faces: str | list[str] = "core", max_faces: int = 0) -> pd.DataFrame:
+    """The label space of a dataset's parameters (what build_dataset sets as `faces`), without building it."""
+    styles = [styles] if isinstance(styles, str) else list(styles)
+    return _face_table({s: select_faces(faces, s, max_faces) for s in styles})
 
 
 def _code_hash() -> str:
