@@ -41,7 +41,8 @@ def train_to_budget(cfg, out: Path, width: int, budget_s: float, rate_guess: flo
     summary, kimg, wall = None, 0.0, 0.0
     for leg in range(MAX_LEGS):
         rate = kimg * 1000 / wall if wall > 0 else rate_guess
-        target = kimg + max(rate * (budget_s - wall) / 1000, cfg.train.batch_size / 1000)
+        share = 0.25 if wall == 0 else 1.0  # a first leg of a quarter at the guessed rate, then the measured one
+        target = kimg + max(share * rate * (budget_s - wall) / 1000, cfg.train.batch_size / 1000)
         leg_cfg = replace(cfg, train=replace(cfg.train, duration_kimg=target, max_snapshots=10_000))
         with warnings.catch_warnings():  # "resuming with changed train settings: duration_kimg" is the point
             warnings.filterwarnings("ignore", message="resuming .* with changed train settings")
