@@ -329,6 +329,29 @@ def accumulate_gradients(t: Trainer, batch: dict[str, torch.Tensor]) -> torch.Te
     return loss_sum if t.rounds == 1 else loss_sum / t.rounds
 
 
+def update_weights(t: Trainer, state: LoopState, loss: torch.Tensor, nimg_after: int, check: bool,
+                   bar) -> torch.Tensor:
+    """Linear lr ramp-up, gradient clipping, the finiteness check when due, then the Adam step; the gradient norm."""
+    train_cfg = t.cfg.train
+    for g in t.optimizer.param_groups:  # linear lr ramp-up over lr_rampup_kimg
+        g["lr"] = train_cfg.lr * min(nimg_after / max(train_cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+    if t.scaler is not None:
+        t.scaler.unscale_(t.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.net.parameters(),
+                                               train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
+    # fp16: an inf gradient is the GradScaler's business (it skips the step), not a divergence
+    finite = torch.isfinite(grad_norm) if t.scaler is None else torch.ones((), device=grad_norm.device)
+    state.pending.append((loss, finite))
+    if check:
+        check_finite(t, state, bar)
+    if t.scaler is not None:
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        t.optimizer.step()
+    return grad_norm
+
+
 def check_finite(t: Trainer, state: LoopState, bar) -> None:
     """One all-reduce for the pending steps' losses and gradient flags; raise if any was not finite.
 
@@ -400,6 +423,16 @@ def save_snapshot(t: Trainer, state: LoopState, ema_snapshot: bool, rank_states:
     state.last_checkpoint = str(saved)
 
 
+def snapshot(t: Trainer, state: LoopState, ema_snapshot: bool) -> None:
+    """Every rank's RNG states to rank 0, which writes the snapshot and checkpoint; the others wait for it."""
+    rank_states = dist.gather(ckpt.rank_rng_state(), t.info)  # each rank's own CPU/CUDA RNG states
+    if t.info.is_main:
+        t_snap = time.perf_counter()
+        save_snapshot(t, state, ema_snapshot, rank_states)
+        state.t_log += time.perf_counter() - t_snap  # keep img/s about training
+    dist.barrier(t.info)
+
+
 def _every(kimg: float) -> int:
     """A period in kimg as a whole number of images (at least one)."""
     return max(int(kimg * 1000), 1)
@@ -450,6 +483,10 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, data:
     state.t_log, state.n_log = session_t0, state.nimg
     while state.nimg < total_nimg:
         t_step, nimg_after = time.perf_counter(), state.nimg + batch_size
+        done = nimg_after >= total_nimg
+        logs = (state.step + 1) % LOG_EVERY == 0 or done
+        ema_snapshot = done or nimg_after // snap_n > state.nimg // snap_n
+        full = ema_snapshot or nimg_after // ckpt_n > state.nimg // ckpt_n
 
         # Fetch a batch.
         batch = fetch_batch(t, state)
@@ -458,27 +495,9 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, data:
         t.optimizer.zero_grad(set_to_none=True)
         loss = accumulate_gradients(t, batch)
 
-        # Update weights: lr ramp-up, clipping, the finiteness check, then the step.
-        for g in t.optimizer.param_groups:
-            g["lr"] = train_cfg.lr * min(nimg_after / max(train_cfg.lr_rampup_kimg * 1000, 1e-8), 1)
-        if t.scaler is not None:
-            t.scaler.unscale_(t.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(t.net.parameters(),
-                                                   train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
-        done = nimg_after >= total_nimg
-        logs = (state.step + 1) % LOG_EVERY == 0 or done
-        snapshot = done or nimg_after // snap_n > state.nimg // snap_n
-        full = snapshot or nimg_after // ckpt_n > state.nimg // ckpt_n
-        # fp16: an inf gradient is the GradScaler's business (it skips the step), not a divergence
-        finite = torch.isfinite(grad_norm) if t.scaler is None else torch.ones((), device=grad_norm.device)
-        state.pending.append((loss, finite))
-        if logs or full or (state.step + 1) % check_every == 0:
-            check_finite(t, state, bar)
-        if t.scaler is not None:
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
-        else:
-            t.optimizer.step()
+        # Update weights.
+        check = logs or full or (state.step + 1) % check_every == 0
+        grad_norm = update_weights(t, state, loss, nimg_after, check, bar)
 
         # Update EMA.
         update_ema(t.ema, t.net, ema_beta(state.nimg, batch_size, train_cfg.ema_halflife_kimg,
@@ -491,12 +510,7 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, data:
         if logs:
             log_metrics(t, state, grad_norm, bar)
         if full:
-            rank_states = dist.gather(ckpt.rank_rng_state(), info)  # each rank's own CPU/CUDA RNG states
-            if info.is_main:
-                t_snap = time.perf_counter()
-                save_snapshot(t, state, snapshot, rank_states)
-                state.t_log += time.perf_counter() - t_snap  # keep img/s about training
-            dist.barrier(info)
+            snapshot(t, state, ema_snapshot)
     bar.close()
     return summarise(t, state, found, time.perf_counter() - session_t0, session_n0)
 
