@@ -105,7 +105,7 @@ def test_score_samples_known_answers():
     truth = np.array([3, 3, 0, 3, 3])
     s = ek.score_samples(samples, truth, images, ref, train_rows, copy_mse=0.001)
     assert list(s.closer_to_truth) == [True, False, True, True, False]  # equal to the truth / to another pair
-    assert list(s["copy"]) == [False, True, False, False, False]  # sample 1 is training pair 1's image: a copy
+    assert list(s["copied"]) == [False, True, False, False, False]  # sample 1 is training pair 1's image: a copy
     assert s.truth_mse[0] == 0 and s.truth_mse[3] == 0  # the mirror of the truth counts as the truth
     assert s.other_mse[2] > 0 and s.nearest_row[2] == 0  # a training pair's own image is not "another" image
     plain = ek.score_samples(samples[3:4], truth[3:4], images, reference_set(images[train_rows], False), train_rows,
@@ -116,10 +116,11 @@ def test_score_samples_known_answers():
 def test_group_table_intervals_and_diversity():
     scores = pd.DataFrame({"group": ["held-out"] * 4 + ["training"] * 2, "pair": [0, 0, 1, 1, 2, 2],
                            "closer_to_truth": [True, False, False, False, True, True],
-                           "copy": [False, False, True, False, False, False],
+                           "copied": [False, False, True, False, False, False],
                            "truth_mse": [0.1, 0.2, 0.3, 0.4, 0.05, 0.05]})
     t = ek.group_table(scores).set_index("group")
     assert t.loc["held-out", "closer"] == 0.25 and t.loc["training", "closer"] == 1.0
+    assert t.loc["held-out", "copied"] == 0.25 and t.loc["training", "copied"] == 0.0
     assert (t.loc["held-out", "closer_lo"], t.loc["held-out", "closer_hi"]) == pytest.approx(rate_interval(1, 4))
     assert t.loc["held-out", "truth_mse_median"] == pytest.approx(0.25)
     assert t.loc["training", "truth_mse_lo"] == t.loc["training", "truth_mse_hi"] == 0.05

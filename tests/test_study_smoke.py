@@ -63,3 +63,24 @@ def test_the_smoke_study_computes_sane_numbers(smoke_run):
     assert controls.loc["generaliser", "copy_rate"] <= 0.05
     assert controls.loc["generaliser", "unseen_fusion_rate"] >= 0.95
     assert controls.loc["nonsense", ["copy_rate", "unseen_fusion_rate"]].sum() == 0
+
+
+def test_the_smoke_study_runs_the_kitchen(smoke_run, repo):
+    import pandas as pd
+
+    import emojidiff
+
+    proc, out, _ = smoke_run
+    assert proc.returncode == 0 and "07_kitchen: done in" in proc.stdout
+    cfg = emojidiff.load_config(repo / "params" / "smoke.yaml")
+    assert cfg.model.conditional, "the smoke profile covers 07 with a conditional net"
+    for w in cfg.model.widths:
+        summary = pd.read_csv(out / "metrics" / f"kitchen_summary_w{w}.csv").set_index("group")
+        assert set(summary.index) == {"held-out", "training"}
+        assert (summary["samples"] == summary["pairs"] * cfg.kitchen.samples).all()
+        for rate in ("closer", "copied", "parent_acc"):
+            assert summary[rate].between(0, 1).all() and (summary[f"{rate}_lo"] <= summary[rate]).all()
+        sweep = pd.read_csv(out / "metrics" / f"kitchen_sweep_w{w}.csv")
+        assert sweep["guidance"].tolist() == cfg.kitchen.sweep and (sweep["diversity"] > 0).all()
+        for fig in ("gap", "sweep", "gallery_held-out", "gallery_training"):
+            assert (out / "figures" / f"kitchen_{fig}_w{w}.png").is_file(), fig

@@ -105,7 +105,7 @@ def choose_pairs(dataset, max_pairs: int = 0, seed: int = 0) -> pd.DataFrame:
 def score_samples(samples: np.ndarray, truth_rows: np.ndarray, images: np.ndarray, reference: Reference,
                   train_rows: np.ndarray, copy_mse: float, xflip: bool = True) -> pd.DataFrame:
     """One row per sample: truth_mse, other_mse (nearest training image other than the pair's own, mirrors as the
-    reference has them), nearest_row, nearest_mse, closer_to_truth, copy.
+    reference has them), nearest_row, nearest_mse, closer_to_truth, copied.
 
     `images` are the dataset's rows, `truth_rows` each sample's true-fusion row, `reference` the training images
     (reference.index into `train_rows`, the dataset rows of the training images)."""
@@ -127,7 +127,7 @@ def score_samples(samples: np.ndarray, truth_rows: np.ndarray, images: np.ndarra
     return pd.DataFrame({"truth_mse": truth_mse, "other_mse": other_mse, "nearest_row": nearest_row,
                          "nearest_mse": nearest_mse, "nearest_mirrored": reference.mirrored[j[:, 0]],
                          "closer_to_truth": truth_mse < other_mse,
-                         "copy": (nearest_row != truth_rows) & (nearest_mse < copy_mse)})
+                         "copied": (nearest_row != truth_rows) & (nearest_mse < copy_mse)})
 
 
 def bootstrap_median(x, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
@@ -149,7 +149,7 @@ def group_table(scores: pd.DataFrame, by: list[str] | None = None) -> pd.DataFra
         key = key if isinstance(key, tuple) else (key,)
         n = len(g)
         rec = dict(zip(keys, key), samples=n, pairs=g["pair"].nunique() if "pair" in g else None)
-        cols = [("closer_to_truth", "closer"), ("copy", "copy")]
+        cols = [("closer_to_truth", "closer"), ("copied", "copied")]
         if "parents_ok" in g:
             cols += [("parents_ok", "parent_acc"), ("parent_a_ok", "parent_a_acc"), ("parent_b_ok", "parent_b_acc")]
         for col, name in cols:
