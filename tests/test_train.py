@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,14 @@ from emojidiff.training import checkpoint as ckpt
 from emojidiff.training.checkpoint import read_metrics, sample_grids
 from emojidiff.training.distributed import resolve_precision
 from emojidiff.training.ema import ema_beta, make_ema, update_ema
-from emojidiff.training.train import TrainingDiverged, epoch_order, next_indices, train_width
+from emojidiff.training.train import (
+    TrainingData,
+    TrainingDiverged,
+    epoch_order,
+    next_indices,
+    train_width,
+    training_data,
+)
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 
@@ -453,3 +461,94 @@ def test_old_checkpoints_resume_without_warning_about_keys_added_since(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), part)["steps"] == 5
+
+
+def _conditional_data(n: int = 24, faces: int = 4) -> TrainingData:
+    """Synthetic faces, each marked with its index in binary (top-left pixels), and (A, B) labels from the index."""
+    images = synthetic_images(n)
+    for i in range(n):
+        images[i, 0, :8] = [[255 * ((i >> b) & 1)] * 3 for b in range(8)]
+    labels = np.stack([np.arange(n) % faces, (np.arange(n) // faces) % faces], 1).astype(np.int64)
+    return TrainingData(images, labels, faces)
+
+
+def _conditional_config(**train) -> dict:
+    cfg = tiny_config(**{"duration_kimg": 0.04, "checkpoint_kimg": 0.04, "snapshot_kimg": 0.04, **train})
+    cfg["model"].update(conditional=True, label_dropout=0.2)
+    return cfg
+
+
+def test_conditional_training_saves_label_dim_reloads_and_resumes_bit_for_bit(tmp_path):
+    data = _conditional_data()
+
+    def run(folder, **train):
+        return train_width(config_from_dict(_conditional_config(**train)), RunLayout(tmp_path / folder), 8,
+                           data=data, progress=False)
+
+    s = run("one")
+    assert s["label_dim"] == 4 and s["steps"] == 5
+    (js,) = Path(s["train_dir"]).glob("ckpt-*.json")
+    assert json.loads(js.read_text())["model"]["label_dim"] == 4
+    for ema in (True, False):
+        d = emojidiff.load_denoiser(js, ema=ema)
+        assert d.net.label_dim == 4 and d.net.map_label.in_features == 8
+    # the trained net reads its labels: the same images, sigmas and noise with parents swapped give another loss
+    net = emojidiff.load_denoiser(js, ema=False)
+    y = torch.from_numpy(data.images[:8]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    labels, g = torch.from_numpy(data.labels[:8]), torch.Generator().manual_seed(0)
+    rnd, noise = torch.randn(8, 1, 1, 1, generator=g), torch.randn(8, 3, 32, 32, generator=g)
+    loss = emojidiff.edm_loss(net, y, labels=labels, rnd_normal=rnd, noise=noise)
+    swapped = emojidiff.edm_loss(net, y, labels=labels.flip(1), rnd_normal=rnd, noise=noise)
+    assert not torch.allclose(loss, swapped)
+    # label dropout draws from the saved RNG: a resumed conditional run equals an uninterrupted one
+    with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
+        resumed = run("one", duration_kimg=0.08)
+    whole = run("two", duration_kimg=0.08)
+    assert resumed["steps"] == 10 and resumed["net_sha256"] == whole["net_sha256"]
+
+
+def test_each_image_reaches_the_loss_with_its_own_parents(tmp_path, monkeypatch):
+    train_mod = sys.modules["emojidiff.training.train"]
+    data, seen, real = _conditional_data(), [], train_mod.edm_loss
+
+    def recording(net, y, *a, labels=None, **k):
+        seen.append((y.detach().clone(), None if labels is None else labels.clone()))
+        return real(net, y, *a, labels=labels, **k)
+
+    monkeypatch.setattr(train_mod, "edm_loss", recording)
+    train_width(config_from_dict(_conditional_config()), RunLayout(tmp_path / "c"), 8, data=data, progress=False)
+    ref = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert len(seen) == 5
+    for y, labels in seen:
+        assert labels.dtype == torch.int64 and labels.shape == (8, 2)
+        for image, label in zip(y, labels):
+            mse = torch.minimum(((ref - image) ** 2).mean((1, 2, 3)), ((ref.flip(3) - image) ** 2).mean((1, 2, 3)))
+            assert mse.min() < 1e-6  # an image of the data (or its mirror) ...
+            assert label.tolist() == data.labels[int(mse.argmin())].tolist()  # ... with its own parents
+    seen.clear()
+    _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), RunLayout(tmp_path / "u"))
+    assert len(seen) == 5 and all(labels is None for _, labels in seen)  # unconditional: no labels
+
+
+def test_conditional_settings_that_cannot_work_are_refused_by_name(tmp_path):
+    from emojidiff.config import ConfigError
+
+    with pytest.raises(ValueError, match=r"model.conditional needs \(N, 2\) parent labels for the 24 images"):
+        _run(_conditional_config(), RunLayout(tmp_path / "a"))  # images without labels
+    wrong = _conditional_config()
+    wrong["model"]["label_dim"] = 5
+    with pytest.raises(ConfigError, match="model.label_dim=5 but the dataset has 4 faces"):
+        train_width(config_from_dict(wrong), RunLayout(tmp_path / "b"), 8, data=_conditional_data(), progress=False)
+    plain = tiny_config()
+    plain["model"]["label_dim"] = 4
+    with pytest.raises(ConfigError, match="model.label_dim=4 without model.conditional"):
+        _run(plain, RunLayout(tmp_path / "c"))
+
+
+def test_training_data_of_a_conditional_profile_carries_the_dataset_parents():
+    cfg = emojidiff.load_config(Path(__file__).parents[1] / "params" / "smoke.yaml")
+    ds = emojidiff.dataset_from_config(cfg, progress=False)
+    data = training_data(replace(cfg, model=replace(cfg.model, conditional=True)))
+    assert data.num_faces == ds.num_faces == 8 and np.array_equal(data.images, ds.train_images())
+    assert data.labels.dtype == np.int64 and np.array_equal(data.labels, ds.train_labels())
+    assert training_data(replace(cfg, model=replace(cfg.model, conditional=False))).labels is None
