@@ -12,20 +12,11 @@ import torch
 import emojidiff
 import emojidiff.training.checkpoint as ckpt
 from emojidiff.config import ModelConfig
-from emojidiff.evaluation.evaluate import evaluate, pick_snapshots
+from emojidiff.evaluation.evaluate import evaluate
 from emojidiff.model.edm import build_denoiser
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
-
-def test_pick_snapshots():
-    snaps = [(float(k), f"p{k}") for k in range(10)]
-    assert pick_snapshots(snaps, "all") == snaps
-    assert pick_snapshots(snaps, "last") == snaps[-1:]
-    picked = pick_snapshots(snaps, "all", max_snapshots=4)
-    assert [k for k, _ in picked] == [0.0, 3.0, 6.0, 9.0]
-    assert pick_snapshots(snaps[:3], "all", max_snapshots=4) == snaps[:3]
-    assert pick_snapshots([], "all") == []
 
 
 def _tiny_run(tmp_path):
@@ -108,12 +99,13 @@ def test_evaluate_writes_metrics_with_floors_rates_and_memoriser_distance(tmp_pa
 
 
 def test_evaluate_reports_inception_unavailable(tmp_path, monkeypatch):
+    import emojidiff.evaluation.evaluate
     import emojidiff.evaluation.features
 
     def unavailable(*args, **kwargs):
         raise emojidiff.evaluation.features.InceptionUnavailable("simulated: no weights; set eval.inception_weights")
 
-    monkeypatch.setattr(emojidiff.evaluation.features, "load_inception", unavailable)
+    monkeypatch.setattr(emojidiff.evaluation.evaluate, "load_inception", unavailable)  # the name evaluate() calls
     cfg, layout = _tiny_run(tmp_path)
     cfg.eval.domain_features = False
     with pytest.warns(UserWarning, match="simulated: no weights"):

@@ -206,3 +206,24 @@ def test_the_run_holds_the_folder_lock_its_notebooks_may_write_others_may_not(st
     finally:
         blocker.kill()
         blocker.wait()
+
+
+def test_importing_the_runner_loads_neither_torch_nor_the_rest_of_the_package():
+    code = ("import sys, emojidiff.runner, emojidiff\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'pandas', 'matplotlib')"
+            " or m.startswith(('emojidiff.data', 'emojidiff.model', 'emojidiff.training', 'emojidiff.evaluation',"
+            " 'emojidiff.study')))\n"
+            "print(heavy)\n"
+            "emojidiff.generate  # a top-level name still works, imported on first use (the sampler needs torch)\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.splitlines() == ["[]", "True"], out.stdout + out.stderr
+
+
+def test_the_default_run_folder_is_the_repositorys_outputs_profile_name(monkeypatch, tmp_path):
+    import emojidiff.runner as runner
+
+    monkeypatch.setattr(runner, "_run_steps", lambda cfg, params, out_dir, *a: out_dir)
+    monkeypatch.setattr(runner, "run_lock", lambda *a: __import__("contextlib").nullcontext())
+    assert runner.run_study(runner.REPO_DIR / "params" / "smoke.yaml") == runner.REPO_DIR / "outputs" / "smoke"
+    assert runner.run_study(runner.REPO_DIR / "params" / "smoke.yaml", tmp_path / "x") == (tmp_path / "x").resolve()

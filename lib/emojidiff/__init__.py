@@ -1,52 +1,61 @@
 """emojidiff: learn to create new emoji faces with an EDM diffusion model, and measure whether it creates or copies."""
 
-from emojidiff.config import Config, ConfigError, config_from_dict, load_config, save_resolved
-from emojidiff.layout import RunLayout
+from __future__ import annotations
 
-# --- data (issue 3) ---
-from emojidiff.data.dataset import FusionDataset, FusionImages, build_dataset, dataset_from_config, measure_sigma_data
-from emojidiff.data.emoji_sources import EmojiSourceError, available_styles, render_face, select_faces
-from emojidiff.data.fusion import FusionError, analyse_face, fuse
+import importlib
+import importlib.util
 
-# --- EDM model (issue 4) ---
-from emojidiff.model.edm import EDMPrecond, build_denoiser, edm_loss
-from emojidiff.model.sampler import euler_sample, generate, heun_sample, karras_sigmas
-from emojidiff.model.unet import UNet, count_parameters
+# Top-level names, imported on first use so that `import emojidiff.runner` (or config, layout) needs no torch.
+# A new name: add it to its module's list below.
+_EXPORTS = {
+    # top level
+    "emojidiff.config": ["Config", "ConfigError", "config_from_dict", "load_config", "save_resolved"],
+    "emojidiff.layout": ["RunLayout"],
+    # data
+    "emojidiff.data.dataset": ["FusionDataset", "FusionImages", "build_dataset", "dataset_from_config",
+                               "measure_sigma_data"],
+    "emojidiff.data.emoji_sources": ["EmojiSourceError", "available_styles", "render_face", "select_faces"],
+    "emojidiff.data.fusion": ["FusionError", "analyse_face", "fuse"],
+    # model
+    "emojidiff.model.edm": ["EDMPrecond", "build_denoiser", "edm_loss"],
+    "emojidiff.model.sampler": ["euler_sample", "generate", "heun_sample", "karras_sigmas"],
+    "emojidiff.model.unet": ["UNet", "count_parameters"],
+    # training
+    "emojidiff.training.checkpoint": ["list_snapshots", "load_denoiser"],
+    "emojidiff.training.train": ["train"],
+    # evaluation
+    "emojidiff.evaluation.domain": ["domain_features", "domain_net_for_run"],
+    "emojidiff.evaluation.evaluate": ["check_claims", "plot_over_training"],
+    "emojidiff.evaluation.features": ["InceptionUnavailable", "inception_features", "load_inception"],
+    "emojidiff.evaluation.ideal": ["IdealMemoriser", "ideal_memoriser"],
+    "emojidiff.evaluation.metrics": ["fid_from_features", "kid_from_features", "memorisation_rates", "nearest_mse"],
+    "emojidiff.evaluation.sampling": ["list_samples", "load_samples", "sample_checkpoint", "sample_snapshots"],
+    "emojidiff.evaluation.copies": ["classify_samples", "control_table", "probe_verdict", "rate_interval",
+                                    "reference_set"],
+    # study: memorisation and human study
+    "emojidiff.study.browser": ["BrowserWidget", "NeighbourBrowser"],
+    "emojidiff.study.human_study": ["StudySession", "StudyWidget", "bradley_terry", "load_answers", "make_pairs",
+                                    "plot_study", "simulate_answers", "win_rates"],
+    "emojidiff.study.memorisation": ["heldout_probe", "plot_min_mse_histograms", "plot_probe",
+                                     "plot_quantile_examples", "probe_shares", "probe_table", "split_images"],
+    "emojidiff.study.tracing": ["plot_trace", "trace_sample"],
+    "emojidiff.study.kitchen": ["KitchenState", "KitchenWidget", "kitchen"],  # issue 18
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
-# --- training (issue 5) ---
-from emojidiff.training.checkpoint import list_snapshots, load_denoiser
-from emojidiff.training.train import train
 
-# --- evaluation (issue 6) ---
-from emojidiff.evaluation.domain import domain_features, domain_net_for_run
-from emojidiff.evaluation.evaluate import check_claims, plot_over_training, sample_snapshots
-from emojidiff.evaluation.features import InceptionUnavailable, inception_features, load_inception
-from emojidiff.evaluation.ideal import IdealMemoriser, ideal_memoriser
-from emojidiff.evaluation.metrics import fid_from_features, kid_from_features, memorisation_rates, nearest_mse
-from emojidiff.evaluation.sampling import list_samples, load_samples, sample_checkpoint
+def __getattr__(name: str):
+    """Import a top-level name's module (or a subpackage, e.g. emojidiff.evaluation) on first use (PEP 562)."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'emojidiff' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
-# --- memorisation and human study (issue 7) ---
-from emojidiff.study.browser import BrowserWidget, NeighbourBrowser
-from emojidiff.study.human_study import (
-    StudySession,
-    StudyWidget,
-    bradley_terry,
-    load_answers,
-    make_pairs,
-    plot_study,
-    simulate_answers,
-    win_rates,
-)
-from emojidiff.study.memorisation import (
-    heldout_probe,
-    plot_min_mse_histograms,
-    plot_probe,
-    plot_quantile_examples,
-    probe_shares,
-    probe_table,
-    split_images,
-)
-from emojidiff.study.tracing import plot_trace, trace_sample
 
-# --- create or copy, measured soundly (issue 12) ---
-from emojidiff.evaluation.copies import classify_samples, control_table, probe_verdict, rate_interval, reference_set
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

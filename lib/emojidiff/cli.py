@@ -8,6 +8,13 @@ import os
 import sys
 import warnings
 
+from emojidiff.config import ConfigError
+from emojidiff.data.emoji_sources import EmojiSourceError
+from emojidiff.runlock import RunLocked
+from emojidiff.runner import NotebookFailed
+from emojidiff.training.checkpoint import CheckpointError
+from emojidiff.training.train import TrainingDiverged
+
 # subcommand -> module exposing cli_configure(parser) and cli_main(args) -> int
 SUBCOMMANDS = {
     "run": "emojidiff.runner",
@@ -34,13 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean a bad profile, input or folder state, not a bug: one line, no traceback."""
-    from emojidiff.config import ConfigError
-    from emojidiff.data.emoji_sources import EmojiSourceError
-    from emojidiff.runlock import RunLocked
-    from emojidiff.runner import NotebookFailed
-    from emojidiff.training.checkpoint import CheckpointError
-    from emojidiff.training.train import TrainingDiverged
-
     return (ConfigError, CheckpointError, TrainingDiverged, RunLocked, NotebookFailed, EmojiSourceError,
             FileNotFoundError, NotImplementedError)
 
@@ -54,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.cli_main(args) or 0)
     except user_errors() as e:
-        from emojidiff.config import ConfigError
-
         kind = "error" if isinstance(e, (ConfigError, FileNotFoundError)) else type(e).__name__
         print(f"emojidiff {args.command}: {kind}: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

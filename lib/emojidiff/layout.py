@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_BASE = Path("outputs")  # run folders are outputs/<profile name> unless told otherwise
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -14,6 +16,11 @@ class RunLayout:
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def for_config(cls, cfg, out_dir: str | Path | None = None, base: str | Path = DEFAULT_BASE) -> RunLayout:
+        """The run folder `out_dir`, or by default <base>/<profile name> (base: outputs/ of the working folder)."""
+        return cls(out_dir if out_dir is not None else Path(base) / cfg.name)
 
     @property
     def config(self) -> Path:

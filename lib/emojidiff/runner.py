@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import emojidiff
-from emojidiff.config import Config, load_config, save_resolved
+from emojidiff.config import Config, ConfigError, load_config, save_resolved
 from emojidiff.layout import RunLayout
 from emojidiff.runlock import RunLocked, run_lock
 
-PACKAGE_DIR = Path(emojidiff.__file__).resolve().parent
+# the runner needs only paths and the config: importing it loads no torch (the notebooks' kernels do)
+PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parents[1]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colour codes in kernel tracebacks
 
@@ -62,8 +62,7 @@ def code_digest() -> str:
 def step_digest(notebook: Path, cfg: Config, code: str, previous: str) -> str:
     """What a step depends on: its notebook, the resolved config, the code and the step before it."""
     h = hashlib.sha256()
-    for part in (notebook.read_bytes(), json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode(),
-                 code.encode(), previous.encode()):
+    for part in (notebook.read_bytes(), cfg.canonical_json(), code.encode(), previous.encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()
 
@@ -107,7 +106,7 @@ def run_study(params_path: str | Path, out_dir: str | Path | None = None, force:
     """Execute every numbered notebook whose inputs changed; return one record per step."""
     params_path = Path(params_path).resolve()
     cfg = load_config(params_path)  # fails before any work on a bad profile
-    out_dir = Path(out_dir or REPO_DIR / "outputs" / cfg.name).resolve()
+    out_dir = RunLayout.for_config(cfg, out_dir or None, base=REPO_DIR / "outputs").root.resolve()
     steps = plan(cfg, out_dir, Path(notebooks_dir or REPO_DIR / "notebooks"))
     if only:
         unknown = [o for o in only if not any(s.name.startswith(o) for s in steps)]
@@ -156,8 +155,6 @@ def cli_configure(parser) -> None:
 
 
 def cli_main(args) -> int:
-    from emojidiff.config import ConfigError
-
     try:
         run_study(args.params, args.out, force=args.force, only=args.only, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, ValueError) as e:

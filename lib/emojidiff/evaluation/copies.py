@@ -10,12 +10,15 @@ and a held-out image closer than `hit_mse`), "neither". The thresholds sit betwe
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from emojidiff.data.dataset import describe, twin_pairs
 from emojidiff.evaluation.metrics import nearest_k
+from emojidiff.images import from_uint8
 
 VERDICTS = ("copy", "unseen_fusion", "neither")
 
@@ -288,11 +291,9 @@ def twin_distances(dataset, xflip: bool = True) -> pd.DataFrame:
 
 def threshold_pairs(dataset, xflip: bool = True, n: int = 4) -> pd.DataFrame:
     """Pairs of images either side of the twin threshold: the n farthest linked twins and the n nearest unlinked."""
-    from emojidiff.data.dataset import twin_pairs
-
     twin = (dataset.info.get("split_rule") or {}).get("twin_mse", 0.003)
     pairs = twin_pairs(dataset.images, 2 * twin, mirrors=xflip)
-    x = dataset.images.astype(np.float64) / 127.5 - 1
+    x = from_uint8(dataset.images, np.float64)
     direct = ((x[pairs[:, 0]] - x[pairs[:, 1]]) ** 2).mean((1, 2, 3))
     mirror = ((x[pairs[:, 0]] - x[pairs[:, 1]][:, :, ::-1]) ** 2).mean((1, 2, 3)) if xflip else direct + np.inf
     t = pd.DataFrame({"a": pairs[:, 0], "b": pairs[:, 1], "mse": np.minimum(direct, mirror),
@@ -324,11 +325,7 @@ def plot_twin_distances(dist: pd.DataFrame, twin_mse: float, copy_mse: float | N
 
 def plot_threshold_pairs(pairs: pd.DataFrame, images: np.ndarray, manifest: pd.DataFrame | None = None):
     """Image pairs either side of the twin threshold, one pair per column (the second shown mirrored if matched so)."""
-    import textwrap
-
     import matplotlib.pyplot as plt
-
-    from emojidiff.data.dataset import describe
 
     fig, axes = plt.subplots(2, max(len(pairs), 1), figsize=(1.3 * max(len(pairs), 1) + 0.6, 4.6), squeeze=False)
     for j, r in enumerate(pairs.itertuples()):

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from emojidiff.evaluation.metrics import to_unit_range
+from emojidiff.data.dataset import dataset_from_config
+from emojidiff.images import to_unit_range
 
 DOMAIN_VERSION = "1"  # bump when the network or its training changes
 
@@ -123,10 +125,6 @@ def domain_features(net: ParentClassifier, images, batch_size: int = 512) -> np.
 
 def domain_net_for_run(cfg, layout, dataset=None, progress: bool = True) -> tuple[ParentClassifier, dict]:
     """The run's parents classifier: loaded from layout.metrics/domain/ when its key matches, else trained there."""
-    from safetensors.torch import load_file, save_file
-
-    from emojidiff.data.dataset import dataset_from_config
-
     ds = dataset if dataset is not None else dataset_from_config(cfg, progress=progress)
     params = {"version": DOMAIN_VERSION, "data": ds.info.get("cache_key"), "seed": cfg.seed,
               "epochs": cfg.eval.domain_epochs}

@@ -12,21 +12,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from emojidiff.evaluation.metrics import fid_from_features, fid_kid_floors, kid_from_features, paired_mse
+from emojidiff.config import Config, load_config
+from emojidiff.data.dataset import dataset_from_config
+from emojidiff.evaluation.copies import (
+    VERDICTS,
+    choose_thresholds,
+    classify_samples,
+    holdout_share,
+    rate_interval,
+    summarise,
+)
+from emojidiff.evaluation.domain import domain_features, domain_net_for_run
+from emojidiff.evaluation.features import InceptionUnavailable, inception_features, load_inception
+from emojidiff.evaluation.ideal import ideal_memoriser
+from emojidiff.evaluation.metrics import best_device, fid_from_features, fid_kid_floors, kid_from_features, paired_mse
+from emojidiff.evaluation.sampling import DEFAULT_SOLVER, sample_snapshots, sampler_options
 from emojidiff.layout import RunLayout
+from emojidiff.model.sampler import generate
+from emojidiff.training.checkpoint import list_snapshots
+from emojidiff.training.distributed import resolve_device
 
 FID_NOTE = "FID/KID compared only at a fixed sample count (N = {n}); FID is biased upward at small N"
-
-
-def pick_snapshots(snaps: list, which: str = "all", max_snapshots: int = 0) -> list:
-    """The snapshots to evaluate: all or the last; capped to `max_snapshots` evenly spaced, the last always kept."""
-    if not snaps or which == "last":
-        return snaps[-1:]
-    if max_snapshots and len(snaps) > max_snapshots:
-        idx = np.unique(np.round(np.linspace(0, len(snaps) - 1, max_snapshots)).astype(int))
-        return [snaps[i] for i in idx]
-    return list(snaps)
 
 
 def _feature_metrics(prefix: str, ref: np.ndarray, feats: np.ndarray, cfg) -> dict:
@@ -55,8 +63,6 @@ def _nan_feature_columns(prefix: str) -> dict:
 def copy_columns(table: pd.DataFrame, holdout_share: float | None = None) -> dict:
     """metrics.csv's memorisation columns from classify_samples' table: MeanMSE and each verdict's rate with its
     Wilson 95% interval (<verdict>_rate, _lo, _hi), mirrors included in the nearest-neighbour reference."""
-    from emojidiff.evaluation.copies import VERDICTS, rate_interval
-
     n = len(table)
     out = {"mean_mse": float(table.nearest_train_mse.mean()), "median_mse": float(table.nearest_train_mse.median())}
     for v in VERDICTS:
@@ -66,8 +72,6 @@ def copy_columns(table: pd.DataFrame, holdout_share: float | None = None) -> dic
     out["mirrored_copy_rate"] = float((table.mirrored & (table.verdict == "copy")).mean())
     out["distinct_nearest"] = int(table.nearest_train_index.nunique())
     if holdout_share is not None:  # the held-out probe: share of unseen fusions among samples on a real fusion
-        from emojidiff.evaluation.copies import summarise
-
         probe = summarise(table, holdout_share)
         out |= {k: probe[k] for k in ("holdout_of_close", "holdout_of_close_lo", "holdout_of_close_hi",
                                       "holdout_share")}
@@ -75,23 +79,20 @@ def copy_columns(table: pd.DataFrame, holdout_share: float | None = None) -> dic
     return out
 
 
-def memoriser_path(layout: RunLayout, cfg, train: np.ndarray) -> Path:
+def memoriser_path(layout: RunLayout, cfg: Config, train: np.ndarray) -> Path:
     """Where the ideal memoriser's samples of this run live: keyed by count, seed, steps, mirrors and training set."""
     s = cfg.sample
     key = hashlib.sha256(np.ascontiguousarray(train).tobytes()).hexdigest()[:12]
     churn = "" if s.S_churn == 0 else f"-churn{s.S_churn:g}-{s.S_min:g}-{s.S_max:g}-{s.S_noise:g}"
-    name = f"memoriser-n{s.num_images}-seed{cfg.seed}-steps{s.num_steps}{churn}-xflip{int(cfg.train.xflip)}-{key}"
+    solver = "" if s.solver == DEFAULT_SOLVER else f"-{s.solver}"
+    name = (f"memoriser-n{s.num_images}-seed{cfg.seed}-steps{s.num_steps}{solver}{churn}-xflip{int(cfg.train.xflip)}"
+            f"-{key}")
     return layout.root / "samples" / "memoriser" / f"{name}.npz"
 
 
-def memoriser_samples(cfg, layout: RunLayout, train: np.ndarray, progress: bool = True) -> tuple[np.ndarray, dict]:
+def memoriser_samples(cfg: Config, layout: RunLayout, train: np.ndarray,
+                      progress: bool = True) -> tuple[np.ndarray, dict]:
     """The ideal memoriser's samples from the seeds of every snapshot's samples (same noise); drawn once per run."""
-    import torch
-
-    from emojidiff.evaluation.ideal import ideal_memoriser
-    from emojidiff.model.sampler import generate
-    from emojidiff.training.distributed import resolve_device
-
     path = memoriser_path(layout, cfg, train)
     if path.is_file():
         with np.load(path) as f:
@@ -100,11 +101,12 @@ def memoriser_samples(cfg, layout: RunLayout, train: np.ndarray, progress: bool 
     device = resolve_device(cfg.device)
     mem = ideal_memoriser(train, xflip=cfg.train.xflip).to(device)
     t0 = time.perf_counter()
+    options = {k: v for k, v in sampler_options(s).items() if k != "guidance"}  # no labels: nothing to guide
     # float32 like sample_checkpoint, but never bf16: the softmax logits need the precision
     images = generate(mem, s.num_images, cfg.seed, batch_size=s.batch_size, num_steps=s.num_steps, device=device,
-                      dtype=torch.float32, uint8=True, progress=progress, S_churn=s.S_churn, S_min=s.S_min,
-                      S_max=s.S_max, S_noise=s.S_noise)
-    info = {"num_images": s.num_images, "seed": cfg.seed, "num_steps": s.num_steps, "xflip": cfg.train.xflip,
+                      dtype=torch.float32, uint8=True, progress=progress, **options)
+    info = {"num_images": s.num_images, "seed": cfg.seed, "num_steps": s.num_steps, "solver": s.solver,
+            "xflip": cfg.train.xflip,
             "train_images": len(train), "device": str(device), "seconds": round(time.perf_counter() - t0, 2)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
@@ -120,31 +122,8 @@ def memoriser_columns(samples: np.ndarray, memoriser: np.ndarray, copy_mse: floa
             "memoriser_match_rate": float((d < copy_mse).mean())}
 
 
-def sample_snapshots(cfg, layout: RunLayout, width: int, progress: bool = True) -> list[tuple[float, Path]]:
-    """Sample every snapshot that evaluation scores (cfg.eval) with the profile's fixed N and seed; reuses files."""
-    from emojidiff.evaluation.sampling import sample_checkpoint
-    from emojidiff.training.checkpoint import list_snapshots
-
-    snaps = list_snapshots(layout.train(width))
-    if not snaps:
-        raise FileNotFoundError(f"no EMA snapshots in {layout.train(width)}: run notebook 02_training "
-                                f"(or emojidiff train) first")
-    s = cfg.sample
-    return [(kimg, sample_checkpoint(path, layout.samples(width), s.num_images, cfg.seed, s.num_steps, s.batch_size,
-                                     cfg.device, cfg.train.precision, s.S_churn, s.S_min, s.S_max, s.S_noise,
-                                     progress=progress))
-            for kimg, path in pick_snapshots(snaps, cfg.eval.snapshots, cfg.eval.max_snapshots)]
-
-
-def evaluate(cfg, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+def evaluate(cfg: Config, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Sample each chosen snapshot of each width (reusing samples), score it, write metrics/metrics.csv; no figures."""
-    from emojidiff.data.dataset import dataset_from_config
-    from emojidiff.evaluation.copies import choose_thresholds, classify_samples, holdout_share
-    from emojidiff.evaluation.domain import domain_features, domain_net_for_run
-    from emojidiff.evaluation.features import InceptionUnavailable, inception_features, load_inception
-    from emojidiff.evaluation.metrics import best_device
-    from emojidiff.training.checkpoint import list_snapshots
-
     layout = RunLayout(out_dir)
     for width in cfg.model.widths:  # fail before the costly parts when training has not run
         if not list_snapshots(layout.train(width)):
@@ -379,15 +358,13 @@ def cli_configure(parser) -> None:
 
 
 def cli_main(args) -> int:
-    """Sample and score every chosen EMA snapshot; write metrics/metrics.csv and figures."""
-    from emojidiff.config import load_config
-
+    """Sample and score every chosen EMA snapshot; write metrics/metrics.csv (figures: notebook 04)."""
     cfg = load_config(args.params)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: rank 0 evaluates alone, as one process
         if int(os.environ.get("RANK", "0")) != 0:
             return 0
         print("evaluate under torchrun: rank 0 evaluates alone (metrics.csv has one writer); the other ranks exit")
         os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
-    df = evaluate(cfg, args.out if args.out is not None else Path("outputs") / cfg.name)
+    df = evaluate(cfg, RunLayout.for_config(cfg, args.out).root)
     print(df.to_string(index=False))
     return 0

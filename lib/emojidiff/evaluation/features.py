@@ -7,7 +7,18 @@ from unittest import mock
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
+
+from emojidiff.evaluation.inception_weights import (
+    UNAVAILABLE,
+    WeightsHashMismatch,
+    installed_weights,
+    is_torchscript,
+    load_torchscript_state,
+    torchscript_to_fidelity,
+)
+from emojidiff.images import to_uint8
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's port of the TF FID Inception-V3
 INCEPTION_FEATURE = "2048"  # pool3 features, as FID and KID use
@@ -28,7 +39,7 @@ def build_fidelity_inception(state_dict: dict[str, torch.Tensor] | None) -> torc
     Its constructor either downloads or unpickles a path (torch's load, weights_only=False); here it gets neither: the
     download hook is replaced by one that hands over `state_dict`, which the constructor then loads strictly.
     """
-    import torch_fidelity.feature_extractor_inceptionv3 as fi
+    import torch_fidelity.feature_extractor_inceptionv3 as fi  # heavy, and only when Inception is wanted
 
     if state_dict is None:  # names and shapes only: skip the constructor's load
         class _Untrained(fi.FeatureExtractorInceptionV3):
@@ -51,8 +62,6 @@ def _sniff(path: Path) -> str:
     # safetensors: u64 little-endian header length, then "{"; its first byte may be 0x80, so test this first
     if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
         return "safetensors"
-    from emojidiff.evaluation.inception_weights import is_torchscript
-
     if is_torchscript(path):
         return "torchscript"
     return "pickle" if head.startswith(_PICKLE_MAGIC) else "unknown"
@@ -62,12 +71,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors or TorchScript file; a pickle or unknown file is refused without being opened."""
     kind = _sniff(path)
     if kind == "safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     if kind == "torchscript":
-        from emojidiff.evaluation.inception_weights import load_torchscript_state
-
         try:
             return load_torchscript_state(path)
         except (RuntimeError, ValueError, OSError) as e:
@@ -81,8 +86,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _as_fidelity(sd: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`sd` in torch-fidelity's names: TorchScript (`net.layers.*`) tensors mapped; missing logits layer set to NaN."""
-    from emojidiff.evaluation.inception_weights import torchscript_to_fidelity
-
     if any(k.startswith("net.layers.") for k in sd):
         sd = torchscript_to_fidelity(sd, template)
     sd = dict(sd)
@@ -96,9 +99,6 @@ def load_inception(weights_path: str | Path | None = None, device=None) -> torch
 
     Raises InceptionUnavailable, saying how to supply the weights, when they are missing, refused or unreadable.
     """
-    # imported here so that `python -m emojidiff.evaluation.inception_weights` finds it not yet imported by the package
-    from emojidiff.evaluation.inception_weights import UNAVAILABLE, WeightsHashMismatch, installed_weights
-
     device = torch.device(device) if device is not None else torch.device("cpu")
     if weights_path is None:
         try:
@@ -127,8 +127,6 @@ def inception_features(images, net: torch.nn.Module, batch_size: int = 64, progr
     """(N, 2048) float64 pool features of uint8 NHWC (or float NCHW [-1, 1]) images, resized to 299 px inside."""
     if torch.is_tensor(images) and images.is_floating_point() or (
             isinstance(images, np.ndarray) and images.dtype != np.uint8):
-        from emojidiff.images import to_uint8
-
         images = to_uint8(images)
     images = torch.as_tensor(np.asarray(images))
     if images.ndim != 4 or images.shape[-1] != 3:

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emojidiff.images import from_uint8
+
 
 class IdealMemoriser(nn.Module):
     """D(x; sigma) = sum_i softmax_i(-|x - y_i|^2 / (2 sigma^2)) y_i over the training images y_i (and their mirrors).
@@ -55,7 +57,7 @@ class IdealMemoriser(nn.Module):
         s = torch.zeros((len(xf), 1), dtype=dtype, device=x.device)
         acc = torch.zeros_like(xf)
         for start in range(0, len(self.y), self.chunk):
-            yc = self.y[start:start + self.chunk].to(dtype) / 127.5 - 1.0
+            yc = from_uint8(self.y[start:start + self.chunk], dtype)
             logits = (2.0 * (xf @ yc.T) - (yc * yc).sum(1)[None]) * inv
             m_new = torch.maximum(m, logits.amax(1, keepdim=True))
             scale = torch.exp(m - m_new)  # rescale what was summed under the old maximum (exp(-inf) = 0 at first)

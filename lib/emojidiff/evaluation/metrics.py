@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import torch
 
+from emojidiff.images import to_unit_range
+
 
 def _as_2d_float64(x, name: str) -> np.ndarray:
     if hasattr(x, "detach"):
@@ -125,20 +127,6 @@ def best_device() -> torch.device:
     """CUDA when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def to_unit_range(images) -> torch.Tensor:
-    """uint8 NHWC (0..255) or float NCHW in [-1, 1], array or tensor, to a float32 NCHW tensor in [-1, 1]."""
-    if not torch.is_tensor(images):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if images.ndim != 4:
-        raise ValueError(f"expected a batch of images (4-D), got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        if images.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"uint8 images must be NHWC, got shape {tuple(images.shape)}")
-        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if not images.is_floating_point():
-        raise ValueError(f"images must be uint8 NHWC or float NCHW, got {images.dtype}")
-    return images.float()
 
 
 @torch.no_grad()

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emojidiff.images import png_bytes
+
 PAIR_COLUMNS = ["pair_id", "left_source", "left_index", "right_source", "right_index"]
 ANSWER_COLUMNS = ["time", "rater", *PAIR_COLUMNS, "choice", "winner", "loser", "seconds"]
 HEADER = (",".join(ANSWER_COLUMNS) + "\n").encode()
@@ -204,8 +206,6 @@ class StudyWidget:
                 self.render()
 
     def render(self):
-        from emojidiff.images import png_bytes
-
         s = self.session
         self.progress.value = s.done
         pair = s.current

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import textwrap
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 from emojidiff.data.dataset import describe
+from emojidiff.evaluation.copies import reference_set
 from emojidiff.evaluation.metrics import nearest_k
+from emojidiff.evaluation.sampling import list_samples, load_samples
 
 OUTCOMES = ("copies_train", "hits_holdout", "neither")
 
@@ -17,10 +21,6 @@ OUTCOMES = ("copies_train", "hits_holdout", "neither")
 
 def load_sample_sets(layout, widths, snapshots: str = "all") -> list[tuple[int, float, np.ndarray]]:
     """(width, kimg, uint8 samples) of each width's sample sets on disk, oldest snapshot first ("all" or "last")."""
-    import warnings
-
-    from emojidiff.evaluation.sampling import list_samples, load_samples
-
     if snapshots not in ("all", "last"):
         raise ValueError(f"snapshots must be 'all' or 'last', got {snapshots!r}")
     out, missing = [], []
@@ -66,8 +66,6 @@ def heldout_probe(samples: np.ndarray, train: np.ndarray, holdout: np.ndarray, c
                   copy_ratio: float = 1 / 3, rule: str = "mse", xflip: bool = True) -> pd.DataFrame:
     """Per sample: its nearest image among training and held-out fusions together (and, with xflip, their mirrors:
     the reference of emojidiff.evaluation.copies.reference_set), and the outcome."""
-    from emojidiff.evaluation.copies import reference_set
-
     if len(holdout) == 0:
         raise ValueError("the held-out probe needs held-out fusions (data.holdout is 0)")
     ref = reference_set(np.concatenate([train, holdout]), xflip)
@@ -157,8 +155,6 @@ def plot_quantile_examples(samples, train, min_mse, nearest_idx, manifest=None,
                            mirrored=None):
     """Samples at quantiles of the minimum MSE (top row) above their nearest training emoji (bottom row; shown
     mirrored where the nearest reference image was a mirror)."""
-    import textwrap
-
     import matplotlib.pyplot as plt
 
     picks = quantile_picks(min_mse, quantiles)

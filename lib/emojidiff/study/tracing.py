@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from emojidiff.data.dataset import describe
-from emojidiff.evaluation.metrics import to_unit_range
+from emojidiff.evaluation.copies import reference_set
+from emojidiff.images import to_unit_range
 
 
 @dataclass
@@ -43,8 +45,6 @@ def trace_sample(sample: np.ndarray, train: np.ndarray, manifest: pd.DataFrame |
     Candidates are the reference of copies.reference_set: the training images and, with xflip, their
     mirrors. Stops after max_regions emoji or when the next would explain less than min_share of the face.
     """
-    from emojidiff.evaluation.copies import reference_set
-
     ref = reference_set(train, xflip)
     maps = patch_mse_maps(sample, ref.images, patch)  # (R, H, W)
     h, w = maps.shape[1:]
@@ -105,8 +105,6 @@ def plot_trace(sample: np.ndarray, trace: Trace, train: np.ndarray, max_legend: 
 
     Sized for ~1000 px: the three maps on top, the source emoji below in rows of three (mirrors shown mirrored).
     """
-    import textwrap
-
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
