@@ -227,3 +227,14 @@ def test_the_default_run_folder_is_the_repositorys_outputs_profile_name(monkeypa
     monkeypatch.setattr(runner, "run_lock", lambda *a: __import__("contextlib").nullcontext())
     assert runner.run_study(runner.REPO_DIR / "params" / "smoke.yaml") == runner.REPO_DIR / "outputs" / "smoke"
     assert runner.run_study(runner.REPO_DIR / "params" / "smoke.yaml", tmp_path / "x") == (tmp_path / "x").resolve()
+
+
+def test_a_profile_that_lists_its_notebooks_runs_only_those(study):
+    nbs, params, out = study
+    params.write_text(params.read_text().replace("notebooks: []", 'notebooks: ["02"]'))
+    records = run_study(params, out, notebooks_dir=nbs, progress=False, log=lambda *_: None)
+    assert [r["status"] for r in records] == ["skipped", "ran"]
+    assert _ran(out) == ["02_second"]
+    # --only still overrides the profile's list
+    run_study(params, out, notebooks_dir=nbs, only=["01"], progress=False, log=lambda *_: None)
+    assert _ran(out) == ["02_second", "01_first"]

@@ -111,6 +111,16 @@ class StudyConfig:
 
 
 @dataclass
+class TransitionConfig:
+    ladder: list[int] = field(default_factory=list)  # training-set sizes N (0: the largest two halves allow); []: off
+    width: int = 32  # UNet base width of every transition model
+    duration_kimg: list[float] = field(default_factory=list)  # training length per N, one per ladder entry
+    snapshots: int = 4  # EMA snapshots per model, evenly spaced over its training
+    samples: int = 64  # samples per snapshot, from the same noise seeds for both models of an N
+    gallery: int = 8  # seeds per gallery row
+
+
+@dataclass
 class Config:
     name: str = "cpu"  # profile name; outputs go to outputs/<name>
     seed: int = 0  # one seed fixes the dataset split, training and samples
@@ -122,6 +132,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     kitchen: KitchenConfig = field(default_factory=KitchenConfig)
+    transition: TransitionConfig = field(default_factory=TransitionConfig)
+    notebooks: list[str] = field(default_factory=list)  # notebook prefixes this profile runs, e.g. ["08"]; []: all
 
     def to_dict(self) -> dict:
         """The resolved configuration as plain data."""
@@ -289,10 +301,28 @@ def _validate(cfg: Config, source: str) -> None:
         (cfg.kitchen.gallery_rows >= 1, "kitchen.gallery_rows", "must be >= 1", cfg.kitchen.gallery_rows),
         (st.trace_patch > 0 and st.trace_patch % 2 == 1, "study.trace_patch", "must be a positive odd number",
          st.trace_patch),
+        *_transition_checks(cfg.transition),
+        (all(n.isdigit() for n in cfg.notebooks), "notebooks", "must list notebook number prefixes such as '08'",
+         cfg.notebooks),
     ]
     for ok, key, why, value in checks:
         if not ok:
             raise ConfigError(f"{source}: {key} {why}, got {value!r}")
+
+
+def _transition_checks(tr: TransitionConfig) -> list[tuple]:
+    """The transition section's checks, in _validate's (ok, key, why, value) form."""
+    return [
+        (all(n >= 0 for n in tr.ladder), "transition.ladder", "must list sizes >= 1 (or 0: the largest)", tr.ladder),
+        (len(set(tr.ladder)) == len(tr.ladder), "transition.ladder", "must not repeat a size", tr.ladder),
+        (len(tr.duration_kimg) == len(tr.ladder), "transition.duration_kimg",
+         f"must give one length per ladder entry ({len(tr.ladder)})", tr.duration_kimg),
+        (all(k > 0 for k in tr.duration_kimg), "transition.duration_kimg", "must be positive", tr.duration_kimg),
+        (tr.width > 0, "transition.width", "must be positive", tr.width),
+        (tr.snapshots >= 1, "transition.snapshots", "must be >= 1", tr.snapshots),
+        (tr.samples >= 1, "transition.samples", "must be >= 1", tr.samples),
+        (tr.gallery >= 1, "transition.gallery", "must be >= 1", tr.gallery),
+    ]
 
 
 def load_config(path: str | Path) -> Config:

@@ -108,6 +108,7 @@ def run_study(params_path: str | Path, out_dir: str | Path | None = None, force:
     cfg = load_config(params_path)  # fails before any work on a bad profile
     out_dir = RunLayout.for_config(cfg, out_dir or None, base=REPO_DIR / "outputs").root.resolve()
     steps = plan(cfg, out_dir, Path(notebooks_dir or REPO_DIR / "notebooks"))
+    only = only or cfg.notebooks or None  # --only, else the profile's own list (params/transition.yaml: 08)
     if only:
         unknown = [o for o in only if not any(s.name.startswith(o) for s in steps)]
         if unknown:

@@ -1,0 +1,170 @@
+"""The transition study (notebook 08): for each N of the ladder, two models on disjoint subsets, scored and plotted.
+
+Both models of an N share every hyper-parameter and seed (initial weights, noise, data order): only their images
+differ. They train through `train_width` (so a killed run resumes), are sampled at every EMA snapshot from the same
+noise seeds (`sample_checkpoint`, which reuses finished sets), and scored by evaluation/transition.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emojidiff.config import Config
+from emojidiff.evaluation import transition as tr
+from emojidiff.layout import RunLayout
+
+SIDES = ("a", "b")
+
+
+def model_config(cfg: Config, duration_kimg: float) -> Config:
+    """The profile for one transition model: unconditional, width transition.width, `duration_kimg` long, with
+    transition.snapshots evenly spaced EMA snapshots (none thinned away)."""
+    t = cfg.transition
+    snap = duration_kimg / t.snapshots
+    model = replace(cfg.model, widths=[t.width], conditional=False, label_dim=0)  # the test is unconditional
+    train = replace(cfg.train, duration_kimg=duration_kimg, snapshot_kimg=snap,
+                    checkpoint_kimg=min(cfg.train.checkpoint_kimg or snap, snap),
+                    max_snapshots=max(cfg.train.max_snapshots, t.snapshots + 1))
+    return replace(cfg, model=model, train=train)
+
+
+def model_layout(layout: RunLayout, n: int, side: str) -> RunLayout:
+    """The run folder of model `side` ("a" or "b") at size n: <run>/transition/N<n>/<side>/."""
+    return RunLayout(layout.root / "transition" / f"N{n}" / side)
+
+
+def plan(cfg: Config, train_groups: np.ndarray) -> list[tuple[int, float]]:
+    """(N, training kimg) per ladder entry, 0 resolved to the largest size, in increasing N."""
+    t = cfg.transition
+    tr.resolve_ladder(t.ladder, train_groups, cfg.seed)  # refuses sizes above the largest
+    top = tr.largest_size(train_groups, cfg.seed)
+    kimg = {}
+    for n, k in zip(t.ladder, t.duration_kimg):
+        kimg.setdefault(n or top, k)  # 0 is the largest; an explicit size equal to it wins if listed first
+    return sorted(kimg.items())
+
+
+def train_groups(ds) -> np.ndarray:
+    """The twin group of each training image, aligned with ds.train_images()."""
+    return ds.manifest.loc[ds.manifest["split"] == "train", "twin_group"].to_numpy()
+
+
+def run_transition(cfg: Config, layout: RunLayout, ds, progress: bool = True) -> pd.DataFrame:
+    """Train, sample and score both models of every N; returns (and writes metrics/transition.csv) one row per N
+    and snapshot. Finished models and sample sets are reused, so a killed run continues where it stopped."""
+    from emojidiff.evaluation.copies import choose_thresholds
+    from emojidiff.evaluation.sampling import sample_checkpoint
+    from emojidiff.training.checkpoint import list_snapshots
+    from emojidiff.training.train import TrainingData, train_width
+
+    if not cfg.transition.ladder:
+        raise ValueError("transition.ladder is empty: this profile runs no transition study (see "
+                         "params/transition.yaml)")
+    images, groups, xflip = ds.train_images(), train_groups(ds), cfg.train.xflip
+    copy_mse = choose_thresholds(ds, xflip).copy_mse
+    random_mse = tr.random_pair_mse(images, seed=cfg.seed)
+    sample_cfg = replace(cfg.sample, num_images=cfg.transition.samples, guidance=1.0)
+    width, rows = cfg.transition.width, []
+    steps = plan(cfg, groups)
+    for n, kimg in tqdm(steps, desc="transition N", disable=not progress):
+        subsets = tr.disjoint_subsets(groups, n, cfg.seed)
+        mcfg = model_config(cfg, kimg)
+        sets = {}
+        for side, idx in zip(SIDES, subsets):
+            sub = model_layout(layout, n, side)
+            sub.root.mkdir(parents=True, exist_ok=True)
+            np.save(sub.root / "subset.npy", idx)  # which training images (indices into ds.train_images())
+            train_width(mcfg, sub, width, data=TrainingData(images[idx]), progress=progress)
+            sets[side] = {k: sample_checkpoint(p, sub.samples(width), sample_cfg, cfg.seed, cfg.device,
+                                               cfg.train.precision, progress=False)
+                          for k, p in list_snapshots(sub.train(width))}
+        for k in sorted(set(sets["a"]) & set(sets["b"])):
+            a, b = (_load(sets[s][k]) for s in SIDES)
+            row = tr.compare_models(a, b, images[subsets[0]], images[subsets[1]], copy_mse, random_mse, xflip)
+            rows.append({"N": n, "kimg": k, "epochs": k * 1000 / n, **row})
+    table = pd.DataFrame(rows)
+    layout.metrics.mkdir(parents=True, exist_ok=True)
+    table.to_csv(layout.metrics / "transition.csv", index=False)
+    return table
+
+
+def _load(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as f:
+        return f["images"]
+
+
+def load_samples(layout: RunLayout, cfg: Config, n: int, kimg: float | None = None) -> dict[str, np.ndarray]:
+    """Both models' samples at size n and snapshot kimg (None: the last), keyed "a" and "b"."""
+    from emojidiff.evaluation.sampling import list_samples
+
+    out = {}
+    for side in SIDES:
+        sets = [s for s in list_samples(model_layout(layout, n, side), cfg.transition.width)
+                if kimg is None or abs(s["kimg"] - kimg) < 1e-6]
+        if not sets:
+            raise FileNotFoundError(f"no samples of model {side} at N={n}" + (f", {kimg} kimg" if kimg else "")
+                                    + ": run run_transition first")
+        out[side] = _load(sets[-1]["path"])
+    return out
+
+
+def final_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Each N's row at its last snapshot."""
+    return table.sort_values("kimg").groupby("N").tail(1).sort_values("N")
+
+
+def plot_transition(table: pd.DataFrame):
+    """Two-model disagreement (ratio to random training pairs, +-2 s.e.) and copy rates against N, last snapshots."""
+    import matplotlib.pyplot as plt
+
+    last = final_rows(table)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ratio_se = 2 * last["disagreement_se"] / last["random_pair_mse"]
+    ax.errorbar(last["N"], last["disagreement_ratio"], yerr=ratio_se, marker="o", capsize=3)
+    ax.axhline(1.0, color="grey", ls="--", lw=1, label="two random training images")
+    ax.set(xscale="log", xlabel="training images per model (N)", ylabel="MSE(model A, model B) / random pairs",
+           title="Same noise, disjoint data: disagreement", ylim=(0, None))
+    ax.legend(fontsize=8)
+    for key, label in (("copy_own", "copies of its own subset"), ("copy_other", "copies of the other's subset")):
+        ax2.plot(last["N"], last[key], marker="o", label=label)
+    ax2.set(xscale="log", xlabel="training images per model (N)", ylabel="share of samples", ylim=(-0.02, 1.02),
+            title="Copy rates (mean of the two models)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_mse(table: pd.DataFrame):
+    """MeanMSE against its own subset over training, one line per N (mean of the two models)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for n, rows in table.sort_values("kimg").groupby("N"):
+        ax.plot(rows["kimg"], rows["mean_mse"], marker="o", label=f"N={n}")
+    ax.set(xlabel="kimg", ylabel="MeanMSE to its own subset", title="MeanMSE over training per N")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_galleries(samples: dict[int, dict[str, np.ndarray]], seeds: int = 8):
+    """Per N, two rows: model A's and model B's sample from the same first `seeds` noise seeds."""
+    import matplotlib.pyplot as plt
+
+    from emojidiff.images import make_grid
+
+    ns = sorted(samples)
+    fig, axes = plt.subplots(len(ns), 1, figsize=(1.1 * seeds, 2.4 * len(ns)), squeeze=False)
+    for ax, n in zip(axes[:, 0], ns):
+        pair = samples[n]
+        k = min(seeds, len(pair["a"]), len(pair["b"]))
+        ax.imshow(make_grid(np.concatenate([pair["a"][:k], pair["b"][:k]]), ncols=k, scale=2))
+        ax.set_title(f"N={n}: model A (top) and model B (bottom), same seeds", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
