@@ -108,6 +108,11 @@ def test_score_samples_known_answers():
     assert list(s["copied"]) == [False, True, False, False, False]  # sample 1 is training pair 1's image: a copy
     assert s.truth_mse[0] == 0 and s.truth_mse[3] == 0  # the mirror of the truth counts as the truth
     assert s.other_mse[2] > 0 and s.nearest_row[2] == 0  # a training pair's own image is not "another" image
+    twins = np.array([0, 0, 1, 2, 3])  # rows 0 and 1 are near-twins: one image to the split
+    t = ek.score_samples(samples[1:3], np.array([0, 0]), images, ref, train_rows, 0.001, twin_group=twins)
+    assert list(t["copied"]) == [False, False]  # the truth's twin is the pair's own image, not another pair's
+    assert t.other_mse[0] == pytest.approx(ek.pair_mse(images[1:2], images[2:3])[0], abs=0.2)  # row 2 or mirror
+    assert t.other_mse[0] > 0 and t.other_mse[1] > 0
     plain = ek.score_samples(samples[3:4], truth[3:4], images, reference_set(images[train_rows], False), train_rows,
                              0.001, xflip=False)
     assert plain.truth_mse[0] > 0.01
@@ -161,3 +166,16 @@ def test_run_kitchen_tables_and_figures(run):
     for fig in (ek.plot_gallery(r, ds, rows=2), ek.plot_gap(r["gap"]), ek.plot_sweep(r["sweep"])):
         assert isinstance(fig, matplotlib.figure.Figure)
     assert not any(layout.figures.glob("*.png"))  # plots never save
+
+
+def test_controls_composer_composes_and_copier_copies(run):
+    from emojidiff.evaluation.copies import choose_thresholds
+
+    cfg, _ = run
+    ds = emojidiff.dataset_from_config(cfg, progress=False)
+    pairs = ek.choose_pairs(ds, seed=0)
+    t = ek.group_table(ek.control_scores(ds, pairs, 3, choose_thresholds(ds).copy_mse, seed=1)).set_index("group")
+    for g in ("held-out", "training"):
+        assert t.loc[f"{g} (composer)", "closer"] == 1.0 and t.loc[f"{g} (composer)", "copied"] == 0.0
+        assert t.loc[f"{g} (copier)", "copied"] == 1.0
+    assert t.loc["held-out (copier)", "closer"] == 0.0  # a held-out truth is >= twin_mse from every training image

@@ -103,23 +103,27 @@ def choose_pairs(dataset, max_pairs: int = 0, seed: int = 0) -> pd.DataFrame:
 
 
 def score_samples(samples: np.ndarray, truth_rows: np.ndarray, images: np.ndarray, reference: Reference,
-                  train_rows: np.ndarray, copy_mse: float, xflip: bool = True) -> pd.DataFrame:
+                  train_rows: np.ndarray, copy_mse: float, xflip: bool = True,
+                  twin_group: np.ndarray | None = None) -> pd.DataFrame:
     """One row per sample: truth_mse, other_mse (nearest training image other than the pair's own, mirrors as the
     reference has them), nearest_row, nearest_mse, closer_to_truth, copied.
 
     `images` are the dataset's rows, `truth_rows` each sample's true-fusion row, `reference` the training images
-    (reference.index into `train_rows`, the dataset rows of the training images)."""
+    (reference.index into `train_rows`, the dataset rows of the training images). With `twin_group` (per dataset row,
+    the manifest's column), the truth's near-twins count as the pair's own image too: neither "other" nor a copy."""
     truth_rows = np.asarray(truth_rows, np.int64)
     if len(truth_rows) != len(samples):
         raise ValueError(f"{len(truth_rows)} truth rows for {len(samples)} samples")
+    group = np.arange(len(images)) if twin_group is None else np.asarray(twin_group)
     truth = images[truth_rows]
     truth_mse = pair_mse(samples, truth)
     if xflip:  # a model trained on mirrors may draw the mirror of the truth: as right as the truth
         truth_mse = np.minimum(truth_mse, pair_mse(samples, truth[:, :, ::-1]))
-    k = min(3, len(reference.images))  # the own image and its mirror can take two places; the third is "other"
+    largest = np.bincount(group[train_rows]).max() if len(train_rows) else 1
+    k = min(2 * int(largest) + 1, len(reference.images))  # the own group, mirrored, and one more: the first "other"
     mse, j = nearest_k(samples, reference.images, k=k)
     rows = np.asarray(train_rows, np.int64)[reference.index[j]]  # (N, k) dataset rows
-    own = rows == truth_rows[:, None]
+    own = group[rows] == group[truth_rows][:, None]
     first_other = np.argmax(~own, axis=1)
     has_other = (~own).any(1)
     other_mse = np.where(has_other, mse[np.arange(len(samples)), first_other], np.inf)
@@ -127,7 +131,7 @@ def score_samples(samples: np.ndarray, truth_rows: np.ndarray, images: np.ndarra
     return pd.DataFrame({"truth_mse": truth_mse, "other_mse": other_mse, "nearest_row": nearest_row,
                          "nearest_mse": nearest_mse, "nearest_mirrored": reference.mirrored[j[:, 0]],
                          "closer_to_truth": truth_mse < other_mse,
-                         "copied": (nearest_row != truth_rows) & (nearest_mse < copy_mse)})
+                         "copied": ~own[:, 0] & (nearest_mse < copy_mse)})
 
 
 def bootstrap_median(x, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
@@ -212,7 +216,7 @@ def evaluate_pairs(kitchen_, dataset, pairs: pd.DataFrame, k: int, guidance: flo
     samples = cook_pairs(kitchen_, pairs, k, guidance, seed)
     pair_id = np.repeat(np.arange(len(pairs)), k)
     scores = score_samples(samples, pairs["row"].to_numpy()[pair_id], dataset.images, reference, train_rows,
-                           copy_mse, xflip)
+                           copy_mse, xflip, dataset.manifest["twin_group"].to_numpy())
     scores.insert(0, "pair", pair_id)
     scores.insert(0, "group", pairs["group"].to_numpy()[pair_id])
     scores["guidance"] = guidance
@@ -222,6 +226,33 @@ def evaluate_pairs(kitchen_, dataset, pairs: pd.DataFrame, k: int, guidance: flo
         scores["parent_b_ok"] = pb == pairs["parent_b"].to_numpy()[pair_id]
         scores["parents_ok"] = scores["parent_a_ok"] & scores["parent_b_ok"]
     return scores, samples
+
+
+def control_scores(dataset, pairs: pd.DataFrame, k: int, copy_mse: float, xflip: bool = True,
+                   noise_mse: float = 0.001, seed: int = 0, reference=None) -> pd.DataFrame:
+    """Scores of two controls whose answer is known, k per pair: a *composer* draws the pair's true fusion and a
+    *copier* the training image nearest to it other than its own, both plus noise of MSE noise_mse."""
+    from emojidiff.evaluation.copies import _noisy
+
+    train_rows = np.flatnonzero((dataset.manifest["split"] == "train").to_numpy())
+    reference = reference or reference_set(dataset.images[train_rows], xflip)
+    pair_id = np.repeat(np.arange(len(pairs)), k)
+    truth_rows = pairs["row"].to_numpy()[pair_id]
+    group = dataset.manifest["twin_group"].to_numpy()
+    # the nearest training image of each truth outside its twin group (a mirror, if nearer, is as good a copy)
+    largest = int(np.bincount(group[train_rows]).max())
+    _, j = nearest_k(dataset.images[truth_rows], reference.images, k=min(2 * largest + 1, len(reference.images)))
+    own = group[train_rows[reference.index[j]]] == group[truth_rows][:, None]
+    pick = j[np.arange(len(j)), np.argmax(~own, axis=1)]
+    rng = np.random.default_rng([seed, 0xC0])
+    out = []
+    for name, x in (("composer", dataset.images[truth_rows]), ("copier", reference.images[pick])):
+        s = score_samples(_noisy(x, noise_mse, rng), truth_rows, dataset.images, reference, train_rows,
+                          copy_mse, xflip, group)
+        s.insert(0, "pair", pair_id)
+        s.insert(0, "group", [f"{g} ({name})" for g in pairs["group"].to_numpy()[pair_id]])
+        out.append(s)
+    return pd.concat(out, ignore_index=True)
 
 
 def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) -> dict:
@@ -257,7 +288,8 @@ def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) ->
         row = group_table(s).iloc[0].to_dict()
         sweep.append({**row, "guidance": w, "diversity": diversity(x, s["pair"].to_numpy())})
     last = scores[scores.kimg == scores.kimg.max()]
-    return {"pairs": pairs, "scores": scores, "summary": group_table(last),
+    controls = control_scores(ds, pairs, kc.samples, copy_mse, xflip, seed=cfg.seed, reference=reference)
+    return {"pairs": pairs, "scores": scores, "summary": group_table(last), "controls": group_table(controls),
             "gap": group_table(scores, by=["kimg"]), "sweep": pd.DataFrame(sweep), "samples": samples,
             "last_scores": last.reset_index(drop=True), "copy_mse": copy_mse, "kimg": float(snaps[-1][0]),
             "classifier_holdout": info.get("holdout")}
