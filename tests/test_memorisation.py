@@ -157,3 +157,13 @@ def test_heldout_probe_counts_mirrors_as_copies_and_hits():
     t2 = np.concatenate([sym, train[1:]])
     p2 = heldout_probe(sym, t2, holdout, copy_mse=0.005)
     assert p2["nearest_index"][0] == 0 and p2["second_mse"][0] > 0.01
+
+
+def test_last_snapshot_keeps_each_widths_latest_set_whatever_the_order():
+    from emojidiff.study.memorisation import last_snapshot
+
+    a, b, c, d = (np.full((2, 4, 4, 3), v, np.uint8) for v in (1, 2, 3, 4))
+    last = last_snapshot([(32, 2.0, b), (32, 1.0, a), (64, 0.5, c), (32, 1.5, d)])
+    assert sorted(last) == [32, 64]
+    assert last[32] is b and last[64] is c
+    assert last_snapshot([]) == {}

@@ -127,3 +127,96 @@ def test_normalise_notebooks_script_strips_outputs_and_sets_metadata(repo, tmp_p
     assert fixed.metadata["kernelspec"]["display_name"] == "Python 3 (ipykernel)"
     assert [c.source for c in fixed.cells] == [c.source for c in nb.cells]  # content untouched
     assert norm.main(["--check", str(path)]) == 0  # idempotent
+
+
+_STAGES = {"data": 1, "model": 2, "training": 3, "evaluation": 4, "study": 5}  # config, layout, images...: 0
+_ENTRY_POINTS = {"emojidiff", "emojidiff.cli", "emojidiff.runner"}  # may import any stage
+
+
+def _stage(module: str) -> int:
+    if module in _ENTRY_POINTS:
+        return 6
+    parts = module.split(".")
+    return _STAGES.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def _first_party_imports(path, package_dir) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for every emojidiff import in one file, `__main__` blocks left out."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    top = {id(n) for n in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from emojidiff.training import distributed` imports the module emojidiff.training.distributed
+            names = [f"{node.module}.{a.name}" if (package_dir.parent / f"{node.module}.{a.name}".replace(".", "/")
+                                                   ).with_suffix(".py").is_file() else node.module
+                     for a in node.names]
+        else:
+            continue
+        found += [(n, node.lineno, id(node) in top) for n in names if n.split(".")[0] == "emojidiff"]
+    return found
+
+
+def _import_graph(package_dir):
+    """module -> [(imported module, line, at module level)] for every module of the package."""
+    graph = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        graph[name] = _first_party_imports(path, package_dir)
+    return graph
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected knot found by depth-first search (empty when the graph is acyclic)."""
+    state, stack, found = {}, [], []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == "open":
+                found.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_imports_point_down_the_stages_and_make_no_cycle(repo):
+    graph = _import_graph(repo / "lib" / "emojidiff")
+    assert {"emojidiff.data.dataset", "emojidiff.evaluation.sampling", "emojidiff.study.memorisation"} <= set(graph)
+    upward = [f"{m} (line {line}) imports {t}" for m, imports in graph.items() for t, line, _ in imports
+              if t in graph and _stage(t) > _stage(m)]
+    assert not upward, "imports must point down data <- model <- training <- evaluation <- study:\n" + \
+        "\n".join(upward)
+    cycles = _cycles({m: {t for t, _, top in imports if top and t in graph and t != m}
+                      for m, imports in graph.items()})
+    assert not cycles, "module-level import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_import_check_sees_an_upward_import_and_a_cycle(tmp_path):
+    pkg = tmp_path / "emojidiff"
+    for rel, text in {"__init__.py": "", "layout.py": "from emojidiff.study import tracing\n",
+                      "data/__init__.py": "", "data/a.py": "import emojidiff.data.b\n",
+                      "data/b.py": "from emojidiff.data import a\n", "study/__init__.py": "",
+                      "study/tracing.py": "def f():\n    from emojidiff.data.a import x\n"}.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    graph = _import_graph(pkg)
+    assert graph["emojidiff.layout"] == [("emojidiff.study.tracing", 1, True)]
+    assert graph["emojidiff.study.tracing"] == [("emojidiff.data.a", 2, False)]
+    assert _stage("emojidiff.study.tracing") > _stage("emojidiff.layout")  # flagged as upward
+    edges = {m: {t for t, _, top in imports if top} for m, imports in graph.items()}
+    assert _cycles(edges) == [["emojidiff.data.a", "emojidiff.data.b", "emojidiff.data.a"]]

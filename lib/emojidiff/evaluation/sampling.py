@@ -177,11 +177,6 @@ def load_samples(layout: RunLayout | str | Path, width: int, kimg: float | None 
         return f["images"], {**json.loads(str(f["info"])), "path": str(match[-1]["path"])}
 
 
-def latest_samples(layout: RunLayout | str | Path, widths) -> dict[int, tuple[np.ndarray, dict]]:
-    """Each width's samples at its last snapshot (the largest set), for widths that have any."""
-    return {w: load_samples(layout, w) for w in widths if list_samples(layout, w)}
-
-
 def plot_samples_vs_training(layout: RunLayout | str | Path, width: int, train_images: np.ndarray,
                              kimg: float | None = None, n: int = 40, seed: int = 0):
     """A figure: n samples (upscaled 4x to 128 px) beside n random training images at the same scale."""

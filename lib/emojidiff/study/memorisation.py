@@ -143,6 +143,15 @@ def plot_min_mse_histograms(min_mse: dict, bins: int = 40, copy_mse: float | Non
     return ax.figure
 
 
+def last_snapshot(sets: Iterable[tuple[int, float, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Each width's samples at its last snapshot, from load_sample_sets' (width, kimg, samples) triples."""
+    last: dict[int, tuple[float, np.ndarray]] = {}
+    for w, kimg, samples in sets:
+        if w not in last or kimg > last[w][0]:
+            last[w] = (kimg, samples)
+    return {w: s for w, (_, s) in last.items()}
+
+
 def quantile_picks(min_mse, quantiles=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> np.ndarray:
     """Indices of the samples at the given quantiles of the minimum MSE (nearest rank)."""
     order = np.argsort(np.asarray(min_mse), kind="stable")
