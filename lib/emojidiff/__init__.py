@@ -39,7 +39,7 @@ _EXPORTS = {
     "emojidiff.study.memorisation": ["heldout_probe", "plot_min_mse_histograms", "plot_probe",
                                      "plot_quantile_examples", "probe_shares", "probe_table", "split_images"],
     "emojidiff.study.tracing": ["plot_trace", "trace_sample"],
-    "emojidiff.study.kitchen": ["KitchenState", "KitchenWidget", "kitchen"],  # issue 18
+    "emojidiff.study.kitchen": ["KitchenState", "KitchenWidget", "kitchen"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
