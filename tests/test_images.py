@@ -69,3 +69,20 @@ def test_the_default_run_folder_is_outputs_slash_profile_name(tmp_path):
     assert RunLayout.for_config(cfg).root == Path("outputs") / "demo"
     assert RunLayout.for_config(cfg, tmp_path / "x").root == tmp_path / "x"
     assert RunLayout.for_config(cfg, base=tmp_path).root == tmp_path / "demo"
+
+
+def test_only_save_figure_writes_figures_and_no_plot_function_takes_a_path(repo):
+    import ast
+
+    savers, takes_path = [], []
+    for path in sorted((repo / "lib" / "emojidiff").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "savefig":
+                savers.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("plot_"):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                takes_path += [f"{path.name}:{node.name}({n})" for n in names if "path" in n or n == "out"]
+    assert savers == ["images.py:" + str(next(i for i, line in enumerate(
+        (repo / "lib" / "emojidiff" / "images.py").read_text().splitlines(), 1) if ".savefig(" in line))]
+    assert not takes_path, f"plot_* functions return a Figure and never save: {takes_path}"
