@@ -84,3 +84,20 @@ def test_the_smoke_study_runs_the_kitchen(smoke_run, repo):
         assert sweep["guidance"].tolist() == cfg.kitchen.sweep and (sweep["diversity"] > 0).all()
         for fig in ("gap", "sweep", "gallery_held-out", "gallery_training"):
             assert (out / "figures" / f"kitchen_{fig}_w{w}.png").is_file(), fig
+
+
+def test_the_smoke_study_runs_the_transition(smoke_run, repo):
+    import pandas as pd
+
+    import emojidiff
+
+    proc, out, _ = smoke_run
+    assert proc.returncode == 0 and "08_transition: done in" in proc.stdout
+    cfg = emojidiff.load_config(repo / "params" / "smoke.yaml")
+    table = pd.read_csv(out / "metrics" / "transition.csv")
+    assert table["N"].nunique() == len(cfg.transition.ladder)  # both N of the tiny ladder (0 resolved)
+    assert (table.groupby("N").size() == cfg.transition.snapshots).all()
+    assert (table["samples"] == cfg.transition.samples).all()
+    assert table["disagreement_ratio"].ge(0).all() and table[["copy_own", "copy_other"]].stack().between(0, 1).all()
+    for fig in ("transition", "transition_mean_mse", "transition_galleries"):
+        assert (out / "figures" / f"{fig}.png").is_file(), fig

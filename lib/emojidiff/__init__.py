@@ -40,6 +40,8 @@ _EXPORTS = {
                                      "plot_quantile_examples", "probe_shares", "probe_table", "split_images"],
     "emojidiff.study.tracing": ["plot_trace", "trace_sample"],
     "emojidiff.study.kitchen": ["KitchenState", "KitchenWidget", "kitchen"],
+    "emojidiff.evaluation.transition": ["compare_models", "disjoint_subsets"],  # issue 14
+    "emojidiff.study.transition": ["run_transition"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
