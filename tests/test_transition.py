@@ -1,5 +1,6 @@
 """The transition study: disjoint twin-group subsets, two-model scores on toy cases, the driver and its profiles."""
 
+import json
 from dataclasses import replace
 
 import matplotlib
@@ -182,6 +183,7 @@ def test_smoke_subsets_keep_near_twins_apart(smoke):
 def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
     from emojidiff.layout import RunLayout
     from emojidiff.study import transition as st
+    from emojidiff.training.train import measured_sigma_data
 
     cfg, ds = smoke
     layout = RunLayout(tmp_path)
@@ -193,6 +195,12 @@ def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
     assert pd.read_csv(layout.metrics / "transition.csv").shape == table.shape
     sub_a, sub_b = (np.load(st.model_layout(layout, top, s).root / "subset.npy") for s in "ab")
     assert len(sub_a) == len(sub_b) == top and not set(sub_a) & set(sub_b)
+    for n in (2, top):  # both models of an N: every setting and seed the same (sigma_data too), only the data differ
+        meta_a, meta_b = (json.loads(sorted(st.model_layout(layout, n, s).root.rglob("ema-*.json"))[-1].read_text())
+                          for s in "ab")
+        for key in ("model", "data", "train", "seed", "width", "sigma_data", "kimg"):
+            assert meta_a[key] == meta_b[key], key
+        assert meta_a["sigma_data"] == pytest.approx(measured_sigma_data(ds.train_images()))
     snaps = sorted((tmp_path / "transition").rglob("ema-*.json"))
     stamps = [p.stat().st_mtime_ns for p in snaps]
     again = st.run_transition(cfg, layout, ds, progress=False)  # resumes: nothing retrained, same scores

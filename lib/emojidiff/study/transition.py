@@ -21,12 +21,14 @@ from emojidiff.layout import RunLayout
 SIDES = ("a", "b")
 
 
-def model_config(cfg: Config, duration_kimg: float) -> Config:
+def model_config(cfg: Config, duration_kimg: float, sigma_data: float | None = None) -> Config:
     """The profile for one transition model: unconditional, width transition.width, `duration_kimg` long, with
-    transition.snapshots evenly spaced EMA snapshots (none thinned away)."""
+    transition.snapshots evenly spaced EMA snapshots (none thinned away); `sigma_data` fixes EDM's sigma_data, so
+    both models of an N use the same value rather than each measuring its own subset."""
     t = cfg.transition
     snap = duration_kimg / t.snapshots
-    model = replace(cfg.model, widths=[t.width], conditional=False, label_dim=0)  # the test is unconditional
+    model = replace(cfg.model, widths=[t.width], conditional=False, label_dim=0,  # the test is unconditional
+                    sigma_data=cfg.model.sigma_data if sigma_data is None else sigma_data)
     train = replace(cfg.train, duration_kimg=duration_kimg, snapshot_kimg=snap,
                     checkpoint_kimg=min(cfg.train.checkpoint_kimg or snap, snap),
                     max_snapshots=max(cfg.train.max_snapshots, t.snapshots + 1))
@@ -60,7 +62,7 @@ def run_transition(cfg: Config, layout: RunLayout, ds, progress: bool = True) ->
     from emojidiff.evaluation.copies import choose_thresholds
     from emojidiff.evaluation.sampling import sample_checkpoint
     from emojidiff.training.checkpoint import list_snapshots
-    from emojidiff.training.train import TrainingData, train_width
+    from emojidiff.training.train import TrainingData, measured_sigma_data, train_width
 
     if not cfg.transition.ladder:
         raise ValueError("transition.ladder is empty: this profile runs no transition study (see "
@@ -68,12 +70,13 @@ def run_transition(cfg: Config, layout: RunLayout, ds, progress: bool = True) ->
     images, groups, xflip = ds.train_images(), train_groups(ds), cfg.train.xflip
     copy_mse = choose_thresholds(ds, xflip).copy_mse
     random_mse = tr.random_pair_mse(images, seed=cfg.seed)
+    sigma_data = cfg.model.sigma_data or measured_sigma_data(images)  # the whole training split's, for every model
     sample_cfg = replace(cfg.sample, num_images=cfg.transition.samples, guidance=1.0)
     width, rows = cfg.transition.width, []
     steps = plan(cfg, groups)
     for n, kimg in tqdm(steps, desc="transition N", disable=not progress):
         subsets = tr.disjoint_subsets(groups, n, cfg.seed)
-        mcfg = model_config(cfg, kimg)
+        mcfg = model_config(cfg, kimg, sigma_data)
         sets = {}
         for side, idx in zip(SIDES, subsets):
             sub = model_layout(layout, n, side)
