@@ -26,8 +26,9 @@ class Kitchen:
     """A loaded conditional denoiser with its face list: cook(a, b) draws fusions of a with b."""
 
     def __init__(self, denoiser, faces: pd.DataFrame, num_steps: int = 18, solver: str = "heun",
-                 device="cpu", source: str = "the denoiser"):
+                 device="cpu", source: str = "the denoiser", autocast: bool = False):
         self.denoiser, self.faces, self.num_steps, self.solver, self.device = denoiser, faces, num_steps, solver, device
+        self.autocast = autocast  # bf16 autocast, as sampling does where training used it
         label_dim = getattr(getattr(denoiser, "net", denoiser), "label_dim", 0)
         if not label_dim:
             raise ValueError(f"{source} is unconditional (label_dim 0): the kitchen needs a net trained with "
@@ -36,9 +37,15 @@ class Kitchen:
             raise ValueError(f"{source} has {label_dim} label classes but its face list has {len(faces)} faces")
 
     @classmethod
-    def load(cls, checkpoint, device="cpu", num_steps: int | None = None, solver: str | None = None) -> Kitchen:
-        """From an EMA snapshot, a checkpoint or a training folder; the face list comes from its data settings."""
+    def load(cls, checkpoint, device="cpu", num_steps: int | None = None, solver: str | None = None,
+             precision: str = "fp32") -> Kitchen:
+        """From an EMA snapshot, a checkpoint or a training folder; the face list comes from its data settings.
+
+        precision: the profile's train.precision; bf16 (also "auto" where native) samples under bf16 autocast."""
+        import torch
+
         from emojidiff.training import checkpoint as ckpt
+        from emojidiff.training.distributed import resolve_precision
 
         path = Path(checkpoint)
         denoiser = ckpt.load_denoiser(path, device=device)
@@ -51,7 +58,8 @@ class Kitchen:
         faces = face_table(data["styles"], data["faces"], data["max_faces"])
         sample = meta.get("sample", {})
         return cls(denoiser, faces, num_steps or sample.get("num_steps", 18), solver or sample.get("solver", "heun"),
-                   device, source=str(meta_path))
+                   device, source=str(meta_path),
+                   autocast=resolve_precision(precision, torch.device(device)) == torch.bfloat16)
 
     def index(self, face) -> int:
         """A face's label index (by index, name, emoji character or codepoint)."""
@@ -70,7 +78,7 @@ class Kitchen:
         labels = torch.tensor([[self.index(a), self.index(b)]], dtype=torch.int64).repeat(n, 1)
         return generate(self.denoiser, n, seed, batch_size=n, num_steps=self.num_steps, device=self.device,
                         solver=self.solver, labels=labels, guidance=float(guidance), dtype=torch.float32,
-                        uint8=True, progress=False)
+                        autocast=self.autocast, uint8=True, progress=False)
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
@@ -196,7 +204,7 @@ def predict_parents(net, images: np.ndarray, classes: list[str]) -> tuple[np.nda
     return names[torch.cat(pa).numpy()], names[torch.cat(pb).numpy()]
 
 
-def cook_pairs(kitchen_, pairs: pd.DataFrame, k: int, guidance: float, seed: int) -> np.ndarray:
+def cook_pairs(kitchen_, pairs: pd.DataFrame, k: int, guidance: float, seed: int, progress: bool = False) -> np.ndarray:
     """k samples per pair (uint8 (len(pairs) * k, H, W, 3), pair-major); pair i's noise is seeded by (seed, i*k+j)."""
     import torch
 
@@ -205,7 +213,7 @@ def cook_pairs(kitchen_, pairs: pd.DataFrame, k: int, guidance: float, seed: int
     labels = torch.from_numpy(np.repeat(pairs[["a", "b"]].to_numpy(np.int64), k, axis=0))
     return generate(kitchen_.denoiser, len(labels), seed, batch_size=256, num_steps=kitchen_.num_steps,
                     device=kitchen_.device, solver=kitchen_.solver, labels=labels, guidance=float(guidance),
-                    dtype=torch.float32, uint8=True, progress=False)
+                    dtype=torch.float32, autocast=kitchen_.autocast, uint8=True, progress=progress)
 
 
 def evaluate_pairs(kitchen_, dataset, pairs: pd.DataFrame, k: int, guidance: float, seed: int, copy_mse: float,
@@ -276,7 +284,8 @@ def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) ->
     reference = reference_set(ds.images[train_rows], xflip)
     tables, samples = [], None
     for kimg, path in tqdm(snaps, desc=f"kitchen w{width}", disable=not progress):
-        kit = Kitchen.load(path, num_steps=cfg.sample.num_steps, solver=cfg.sample.solver)
+        kit = Kitchen.load(path, num_steps=cfg.sample.num_steps, solver=cfg.sample.solver,
+                           precision=cfg.train.precision)
         scores, samples = evaluate_pairs(kit, ds, pairs, kc.samples, kc.guidance, cfg.seed, copy_mse, xflip, net,
                                          classes, reference)
         tables.append(scores.assign(kimg=kimg))
