@@ -208,6 +208,7 @@ def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
     pd.testing.assert_frame_equal(again, table)
     samples = st.load_samples(layout, cfg, 2)
     assert samples["a"].shape == samples["b"].shape == (4, 32, 32, 3)
+    assert "critical N" in st.critical(table)["text"] or "no transition" in st.critical(table)["text"]
     for fig in (st.plot_transition(table), st.plot_mean_mse(table),
                 st.plot_galleries({2: samples, top: st.load_samples(layout, cfg, top)}, seeds=4)):
         assert fig.axes
@@ -222,3 +223,15 @@ def test_model_config_is_unconditional_with_the_requested_snapshots(smoke):
     assert m.train.duration_kimg == 10.0 and m.train.snapshot_kimg == pytest.approx(2.0)
     assert m.train.max_snapshots > 5  # no snapshot thinned away
     assert m.seed == cfg.seed and m.train.lr == cfg.train.lr  # same hyper-parameters for both models
+
+
+def test_critical_size_interpolates_in_log_n_and_says_when_there_is_none():
+    ns = [1024, 16, 256, 64]  # any order
+    found = tr.critical_size(ns, [0.1, 1.0, 0.3, 0.9])
+    assert found["estimate"] == pytest.approx(64 * 4 ** (2 / 3))  # 0.9 -> 0.3 crosses 0.5 two thirds of the way
+    assert found["low"] == found["high"] == found["estimate"] and "critical N ~ 161" in found["text"]
+    wide = tr.critical_size(ns, [0.1, 1.0, 0.3, 0.9], ses=[0.0, 0.0, 0.15, 0.0])
+    assert wide["low"] < wide["estimate"] < wide["high"] == pytest.approx(256 * 4 ** 0.2)  # 0.6 at 256, 0.1 at 1024
+    none = tr.critical_size([16, 64], [1.0, 0.8])
+    assert np.isinf(none["estimate"]) and "above the largest" in none["text"]
+    assert "at or below the smallest" in tr.critical_size([16, 64], [0.2, 0.1])["text"]

@@ -127,3 +127,33 @@ def compare_models(samples_a: np.ndarray, samples_b: np.ndarray, subset_a: np.nd
     for key in ("copy_own", "copy_other", "mean_mse"):
         row[key] = (row[f"{key}_a"] + row[f"{key}_b"]) / 2
     return row
+
+
+def _crossing(ns: np.ndarray, values: np.ndarray, level: float) -> float:
+    """The N where `values` (over increasing ns) first falls below level, interpolated in log N; inf if never, the
+    smallest N if already below there."""
+    below = np.flatnonzero(values < level)
+    if not len(below):
+        return float("inf")
+    i = below[0]
+    if i == 0:
+        return float(ns[0])
+    t = (values[i - 1] - level) / (values[i - 1] - values[i])
+    return float(np.exp(np.log(ns[i - 1]) + t * (np.log(ns[i]) - np.log(ns[i - 1]))))
+
+
+def critical_size(ns, ratios, ses=None, level: float = 0.5) -> dict:
+    """Where the disagreement ratio falls below `level` (half-way from memorising to agreeing), interpolated in
+    log N, with a range from the ratio +-2 standard errors, and one line that says it."""
+    order = np.argsort(ns)
+    ns, ratios = np.asarray(ns, float)[order], np.asarray(ratios, float)[order]
+    band = 2 * (np.zeros_like(ratios) if ses is None else np.nan_to_num(np.asarray(ses, float)[order]))
+    est, low, high = (_crossing(ns, ratios + d, level) for d in (0, -band, band))
+    if np.isinf(est):
+        text = f"no transition up to N={ns[-1]:g}: the ratio stays >= {level} (critical N above the largest)"
+    elif est == ns[0]:
+        text = f"the ratio is below {level} already at N={ns[0]:g}: critical N at or below the smallest"
+    else:
+        text = (f"critical N ~ {est:.0f} (ratio crosses {level}; range {low:.0f} to "
+                f"{'above ' + format(ns[-1], 'g') if np.isinf(high) else format(high, '.0f')} from +-2 s.e.)")
+    return {"estimate": est, "low": low, "high": high, "level": level, "text": text}

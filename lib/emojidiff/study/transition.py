@@ -138,8 +138,18 @@ def plot_transition(table: pd.DataFrame):
     ax2.set(xscale="log", xlabel="training images per model (N)", ylabel="share of samples", ylim=(-0.02, 1.02),
             title="Copy rates (mean of the two models)")
     ax2.legend(fontsize=8)
+    for a in (ax, ax2):  # the ladder's own sizes as ticks, not powers of ten
+        a.set_xticks(last["N"].tolist(), [str(n) for n in last["N"]])
+        a.minorticks_off()
     fig.tight_layout()
     return fig
+
+
+def critical(table: pd.DataFrame, level: float = 0.5) -> dict:
+    """The critical N of the last snapshots (evaluation.transition.critical_size)."""
+    last = final_rows(table)
+    return tr.critical_size(last["N"], last["disagreement_ratio"], last["disagreement_se"] / last["random_pair_mse"],
+                            level)
 
 
 def plot_mean_mse(table: pd.DataFrame):
