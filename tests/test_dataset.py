@@ -249,3 +249,22 @@ def test_heldout_split_is_pinned_and_the_same_in_other_processes(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / hash_seed)],
                              env=env, capture_output=True, text=True, check=True).stdout.split()
         assert out[-1] == PINNED_SPLIT_SHA256, f"PYTHONHASHSEED={hash_seed}"
+
+
+def test_labels_and_face_lookup_in_the_twin_split(tmp_path):
+    ds = tiny(tmp_path, style=["noto", "twemoji"], max_faces=4)
+    assert ds.num_faces == 4 and list(ds.faces.columns) == ["unified", "name", "char"]  # one list for both styles
+    faces = list(ds.faces.unified)
+    assert [faces[i] for i in ds.labels[:, 0]] == list(ds.manifest.parent_a)
+    assert [faces[i] for i in ds.labels[:, 1]] == list(ds.manifest.parent_b)
+    held = ds.torch_dataset("holdout")
+    assert np.array_equal(held.labels.numpy(), ds.subset_labels("holdout")) and len(held.labels) == len(held)
+    assert ds.face_index("grinning face") == ds.face_index("😀") == ds.face_index("1F600") == ds.face_index(0) == 0
+    assert ds.face_index("3") == 3
+    with pytest.raises(es.EmojiSourceError, match="unknown face 'frowning'.*0: 😀 grinning-face"):
+        ds.face_index("frowning")
+    with pytest.raises(es.EmojiSourceError, match="unknown face 4"):
+        ds.face_index(4)
+    with pytest.raises(ValueError, match="align"):
+        emojidiff.FusionImages(ds.train_images(), labels=ds.labels)
+    assert tiny(tmp_path, style=["noto", "twemoji"], max_faces=4).faces.equals(ds.faces)  # also from the cache
