@@ -152,7 +152,7 @@ def test_the_image_count_flag_is_not_taken_by_torchrun():
     from emojidiff.cli import build_parser
 
     args = ["sample", "--params", "p.yaml", "--num-images", "5"]
-    assert build_parser(args).parse_args(args).num_images == 5
+    assert build_parser().parse_args(args).num_images == 5
     launched = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "emojidiff.cli", *args])
     assert launched.training_script_args == args  # torchrun passes it on (it would take --num as --numa-binding)
 
