@@ -140,3 +140,15 @@ def test_labels_align_with_images_and_parents(tmp_path):
     assert len(rows) == (ds.pairs.split == "train").sum() and set(rows) == set(train_rows)
     assert (labels[:, 0] != labels[:, 1]).all()
     assert ds.summary()["face_list"][0] == list(ds.faces.iloc[0][["unified", "name", "char"]])
+
+
+def test_two_styles_hold_out_a_pair_in_both(tmp_path):
+    ds = tiny(tmp_path, style=["noto", "twemoji"], max_faces=5, holdout=0.3, seed=0)
+    p, m = ds.pairs, ds.manifest
+    per_pair = p.groupby(["parent_a", "parent_b"])["split"].nunique()
+    assert (per_pair == 1).all()  # the label (a, b) names no style: one side for both styles
+    assert set(p.split) == {"train", "holdout"} and (m.groupby("twin_group")["split"].nunique() == 1).all()
+    for style in ("noto", "twemoji"):  # still no combination of parts across the split within a style
+        q = p[p["style"] == style]
+        assert (q.groupby("combination")["split"].nunique() == 1).all()
+    assert abs((m.split == "holdout").mean() - 0.3) < 0.1

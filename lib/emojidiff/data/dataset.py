@@ -432,6 +432,8 @@ def _build_rows(styles, face_lists, faces, size, holdout, seed, max_faces, worke
     manifest.insert(0, "index", np.arange(len(manifest)))
     pair_tables = [p[2].assign(row=p[2]["row"] + off) for p, off in zip(parts, offsets)]
     pairs = pd.concat(pair_tables, ignore_index=True)
+    if split == "pairs" and len(styles) > 1:  # labels are shared by styles: one split for a pair in every style
+        manifest, pairs = _join_styles(manifest, pairs, holdout, seed)
     info = {"styles": styles, "faces_kind": faces if isinstance(faces, str) else "list", "max_faces": max_faces,
             "dedup_size": size, "holdout_share": holdout, "seed": seed, "cache_key": key,
             "split_rule": {"rule": SPLIT_RULE, "twin_mse": twin_mse, "xflip": bool(xflip),
@@ -441,10 +443,29 @@ def _build_rows(styles, face_lists, faces, size, holdout, seed, max_faces, worke
     info["duplicate_rate"] = info["duplicates"] / max(info["pairs"], 1)
     info["twin_groups"] = int(group_offsets[-1])
     if split == "pairs":
-        for k in ("upper_classes", "lower_classes", "combinations", "pair_units"):
+        for k in ("upper_classes", "lower_classes", "combinations"):
             info[k] = sum(p[3][k] for p in parts)
+        info["pair_units"] = int(manifest["unit"].nunique())  # joined across styles when there are several
     info["build_seconds"] = round(time.perf_counter() - t0, 2)
     return FusionDataset(np.concatenate([p[0] for p in parts]), manifest, pairs, size, info)
+
+
+def _join_styles(manifest: pd.DataFrame, pairs: pd.DataFrame, holdout: float, seed: int):
+    """Link each style's units that share an ordered pair (a, b) and split the joined units once, seeded: a held-out
+    pair is then held out in every style, since a conditional model's label (a, b) does not name the style."""
+    from emojidiff.data.pairs import components
+
+    unit = manifest["unit"].to_numpy()
+    pair_unit = unit[pairs["row"].to_numpy()]
+    key = pd.factorize(pairs["parent_a"] + "+" + pairs["parent_b"])[0]
+    n_units = int(unit.max()) + 1
+    edges = np.stack([pair_unit, n_units + key], 1)  # unit -- pair key
+    joined = components(n_units + int(key.max()) + 1, edges)[:n_units]
+    _, joined = np.unique(joined[unit], return_inverse=True)
+    held = split_groups(joined, holdout, np.random.default_rng([seed, 0x5717E5]))
+    manifest = manifest.assign(unit=joined, split=np.where(held, "holdout", "train").astype(object))
+    pairs = pairs.assign(split=manifest["split"].to_numpy()[pairs["row"].to_numpy()])
+    return manifest, pairs
 
 
 def _save(ds: FusionDataset, folder: Path) -> None:

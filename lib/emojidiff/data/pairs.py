@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _components(n: int, edges: np.ndarray) -> np.ndarray:
+def components(n: int, edges: np.ndarray) -> np.ndarray:
     """Connected-component label of each of n nodes (scipy's union-find over an edge list (E, 2))."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -52,7 +52,7 @@ def part_distances(grid: np.ndarray, mirrors: bool = True) -> np.ndarray:
 def twin_classes(dist: np.ndarray, twin_mse: float) -> np.ndarray:
     """Class label per face: connected components of dist < twin_mse."""
     i, j = np.nonzero(np.triu(dist < twin_mse, 1))
-    return _components(len(dist), np.stack([i, j], 1))
+    return components(len(dist), np.stack([i, j], 1))
 
 
 def pair_units(face_a: np.ndarray, face_b: np.ndarray, row_of: np.ndarray, upper: np.ndarray, lower: np.ndarray,
@@ -65,6 +65,6 @@ def pair_units(face_a: np.ndarray, face_b: np.ndarray, row_of: np.ndarray, upper
     # nodes: rows [0, n_rows), combinations next, then twin groups
     edges = np.concatenate([np.stack([row_of, n_rows + combo], 1),
                             np.stack([np.arange(n_rows), n_rows + n_combos + row_groups], 1)])
-    labels = _components(n_rows + n_combos + n_groups, edges)
+    labels = components(n_rows + n_combos + n_groups, edges)
     _, unit = np.unique(labels[:n_rows], return_inverse=True)  # labels 0..units-1
     return unit.astype(np.int64), combo.astype(np.int64)
