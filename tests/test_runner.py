@@ -238,3 +238,15 @@ def test_a_profile_that_lists_its_notebooks_runs_only_those(study):
     # --only still overrides the profile's list
     run_study(params, out, notebooks_dir=nbs, only=["01"], progress=False, log=lambda *_: None)
     assert _ran(out) == ["02_second", "01_first"]
+
+
+def test_the_run_subcommand_loads_no_torch_the_others_their_module():
+    code = ("import sys\nfrom emojidiff.cli import build_parser\n"
+            "args = build_parser(['run', '--only', 'sample']).parse_args(['run', '--only', 'sample'])\n"
+            "print(args._module.__name__, 'torch' in sys.modules)\n"
+            "argv = ['--debug', 'sample', '--params', 'p']\n"
+            "args = build_parser(argv).parse_args(argv)\n"
+            "print(args._module.__name__, args.debug, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.splitlines() == ["emojidiff.runner False", "emojidiff.evaluation.sampling True True"], \
+        out.stdout + out.stderr

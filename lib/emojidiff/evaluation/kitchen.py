@@ -13,18 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from emojidiff.data.dataset import face_index, face_table
-from emojidiff.evaluation.copies import Reference, rate_interval, reference_set
+from emojidiff.data.dataset import dataset_from_config, face_index, face_table
+from emojidiff.data.emoji_sources import render_face, select_faces
+from emojidiff.evaluation.copies import Reference, _noisy, choose_thresholds, rate_interval, reference_set
+from emojidiff.evaluation.domain import domain_net_for_run
 from emojidiff.evaluation.metrics import nearest_k
+from emojidiff.images import save_grid, to_unit_range
+from emojidiff.model.sampler import generate
+from emojidiff.training import checkpoint as ckpt
+from emojidiff.training.checkpoint import list_snapshots, pick_snapshots
+from emojidiff.training.distributed import resolve_precision
 
 GROUPS = ("held-out", "training")
 
 
 class Kitchen:
     """A loaded conditional denoiser with its face list: cook(a, b) draws fusions of a with b."""
-
     def __init__(self, denoiser, faces: pd.DataFrame, num_steps: int = 18, solver: str = "heun",
                  device="cpu", source: str = "the denoiser", autocast: bool = False):
         self.denoiser, self.faces, self.num_steps, self.solver, self.device = denoiser, faces, num_steps, solver, device
@@ -42,10 +49,6 @@ class Kitchen:
         """From an EMA snapshot, a checkpoint or a training folder; the face list comes from its data settings.
 
         precision: the profile's train.precision; bf16 (also "auto" where native) samples under bf16 autocast."""
-        import torch
-
-        from emojidiff.training import checkpoint as ckpt
-        from emojidiff.training.distributed import resolve_precision
 
         path = Path(checkpoint)
         denoiser = ckpt.load_denoiser(path, device=device)
@@ -67,9 +70,7 @@ class Kitchen:
 
     def cook(self, a, b, n: int = 8, guidance: float = 3.0, seed: int = 0) -> np.ndarray:
         """n samples of the fusion (a, b): uint8 (n, H, W, 3); image i's noise is seeded by (seed, i)."""
-        import torch
 
-        from emojidiff.model.sampler import generate
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -188,9 +189,7 @@ def diversity(samples: np.ndarray, groups: np.ndarray) -> float:
 
 def predict_parents(net, images: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The domain classifier's parent A and parent B (unified codepoints) of uint8 NHWC images."""
-    import torch
 
-    from emojidiff.evaluation.metrics import to_unit_range
 
     net.eval()
     pa, pb = [], []
@@ -206,9 +205,7 @@ def predict_parents(net, images: np.ndarray, classes: list[str]) -> tuple[np.nda
 
 def cook_pairs(kitchen_, pairs: pd.DataFrame, k: int, guidance: float, seed: int, progress: bool = False) -> np.ndarray:
     """k samples per pair (uint8 (len(pairs) * k, H, W, 3), pair-major); pair i's noise is seeded by (seed, i*k+j)."""
-    import torch
 
-    from emojidiff.model.sampler import generate
 
     labels = torch.from_numpy(np.repeat(pairs[["a", "b"]].to_numpy(np.int64), k, axis=0))
     return generate(kitchen_.denoiser, len(labels), seed, batch_size=256, num_steps=kitchen_.num_steps,
@@ -240,7 +237,6 @@ def control_scores(dataset, pairs: pd.DataFrame, k: int, copy_mse: float, xflip:
                    noise_mse: float = 0.001, seed: int = 0, reference=None) -> pd.DataFrame:
     """Scores of two controls whose answer is known, k per pair: a *composer* draws the pair's true fusion and a
     *copier* the training image nearest to it other than its own, both plus noise of MSE noise_mse."""
-    from emojidiff.evaluation.copies import _noisy
 
     train_rows = np.flatnonzero((dataset.manifest["split"] == "train").to_numpy())
     reference = reference or reference_set(dataset.images[train_rows], xflip)
@@ -265,12 +261,6 @@ def control_scores(dataset, pairs: pd.DataFrame, k: int, copy_mse: float, xflip:
 
 def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) -> dict:
     """The whole evaluation of one conditional width: tables (per snapshot, sweep) and the last snapshot's samples."""
-    from emojidiff.data.dataset import dataset_from_config
-    from emojidiff.evaluation.copies import choose_thresholds
-    from emojidiff.evaluation.domain import domain_net_for_run
-    from emojidiff.evaluation.sampling import pick_snapshots
-    from emojidiff.training.checkpoint import list_snapshots
-
     kc, xflip = cfg.kitchen, cfg.train.xflip
     ds = dataset if dataset is not None else dataset_from_config(cfg, progress=progress)
     snaps = pick_snapshots(list_snapshots(layout.train(width)), "all", kc.max_snapshots)
@@ -306,8 +296,6 @@ def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) ->
 
 def parent_images(dataset, size: int) -> np.ndarray:
     """Every face of the dataset's face list rendered alone (first style), uint8 (faces, size, size, 3)."""
-    from emojidiff.data.emoji_sources import render_face, select_faces
-
     style = dataset.info.get("styles", ["noto"])[0]
     faces = {f.unified: f for f in select_faces("all", style)}
     return np.stack([render_face(style, faces[u], size) for u in dataset.faces["unified"]])
@@ -381,8 +369,6 @@ def plot_sweep(sweep: pd.DataFrame):
 def write_pair(checkpoint, out_dir, a, b, n: int = 8, guidance: float = 3.0, seed: int = 0, device="cpu",
                num_steps: int | None = None, solver: str | None = None) -> Path:
     """`emojidiff sample --pair A B`: n samples of one fusion as <out_dir>/<A>+<B>-w<W>-s<seed>.png and .npz."""
-    from emojidiff.images import save_grid
-
     kit = Kitchen.load(checkpoint, device=device, num_steps=num_steps, solver=solver)
     ia, ib = kit.index(a), kit.index(b)
     images = kit.cook(ia, ib, n=n, guidance=guidance, seed=seed)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from emojidiff.config import Config, SampleConfig, load_config
+from emojidiff.evaluation.kitchen import write_pair
 from emojidiff.images import make_grid, save_grid
 from emojidiff.layout import RunLayout
 from emojidiff.model.sampler import generate
@@ -22,6 +23,7 @@ from emojidiff.training.checkpoint import (
     latest_good_snapshot,
     list_snapshots,
     load_denoiser,
+    pick_snapshots,
     read_meta,
     remove_orphans,
 )
@@ -124,15 +126,6 @@ def _sample_into(path: Path, checkpoint, meta: dict, info, sample: SampleConfig,
         os.replace(tmp, path)
         save_grid(path.with_suffix(".png"), images[:100], ncols=10, scale=2)
 
-
-def pick_snapshots(snaps: list, which: str = "all", max_snapshots: int = 0) -> list:
-    """The snapshots to evaluate: all or the last; capped to `max_snapshots` evenly spaced, the last always kept."""
-    if not snaps or which == "last":
-        return snaps[-1:]
-    if max_snapshots and len(snaps) > max_snapshots:
-        idx = np.unique(np.round(np.linspace(0, len(snaps) - 1, max_snapshots)).astype(int))
-        return [snaps[i] for i in idx]
-    return list(snaps)
 
 
 def sample_snapshots(cfg: Config, layout: RunLayout, width: int, progress: bool = True) -> list[tuple[float, Path]]:
@@ -237,8 +230,6 @@ def cli_main(args) -> int:
                 raise FileNotFoundError(f"no usable EMA snapshot in {layout.train(w)}: train first (emojidiff train)")
             jobs.append((w, snap[1]))
     if getattr(args, "pair", None):  # the kitchen: one fusion, a PNG grid and an npz (evaluation/kitchen.py)
-        from emojidiff.evaluation.kitchen import write_pair
-
         for w, ckpt in jobs:
             path = write_pair(ckpt, layout.root / "kitchen" / f"w{w}", *args.pair, n=args.num_images or 8,
                               guidance=cfg.kitchen.guidance if args.guidance is None else args.guidance,

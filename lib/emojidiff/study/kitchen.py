@@ -6,7 +6,10 @@ import threading
 
 import numpy as np
 
+from emojidiff.data.dataset import describe
+from emojidiff.evaluation.copies import reference_set
 from emojidiff.evaluation.kitchen import Kitchen
+from emojidiff.evaluation.metrics import nearest_k
 from emojidiff.images import png_bytes
 
 
@@ -23,8 +26,6 @@ class KitchenState:
 
     def __init__(self, kitchen_: Kitchen, dataset, xflip: bool = True, n: int = 8, k: int = 3,
                  guidance: float = 3.0, seed: int = 0):
-        from emojidiff.evaluation.copies import reference_set
-
         self.kitchen, self.dataset, self.n, self.k = kitchen_, dataset, n, k
         self.a, self.b, self.guidance, self.seed = 0, 1, float(guidance), int(seed)
         self.train_rows = np.flatnonzero((dataset.manifest["split"] == "train").to_numpy())
@@ -60,8 +61,6 @@ class KitchenState:
 
     def view(self) -> dict:
         """Samples, the true fusion with its split, and each sample's nearest training images (rows, MSE)."""
-        from emojidiff.data.dataset import describe
-
         if self.samples is None:
             self.samples = self.kitchen.cook(self.a, self.b, self.n, self.guidance, self.seed)
         idx, mse = _nearest(self.reference, self.samples, self.k)
@@ -79,8 +78,6 @@ class KitchenState:
 
 def _nearest(reference, samples: np.ndarray, k: int):
     """Per sample the k nearest training images (mirrors folded to their source): ((index, mirrored), mse)."""
-    from emojidiff.evaluation.metrics import nearest_k
-
     mse, j = nearest_k(samples, reference.images, k=min(k, len(reference.images)))
     return (reference.index[j], reference.mirrored[j]), mse
 

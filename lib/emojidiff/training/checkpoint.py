@@ -227,6 +227,16 @@ def list_snapshots(train_dir: str | Path) -> list[tuple[float, Path]]:
     return sorted(out, key=lambda t: t[0])
 
 
+def pick_snapshots(snaps: list, which: str = "all", max_snapshots: int = 0) -> list:
+    """The snapshots to evaluate: all or the last; capped to `max_snapshots` evenly spaced, the last always kept."""
+    if not snaps or which == "last":
+        return snaps[-1:]
+    if max_snapshots and len(snaps) > max_snapshots:
+        idx = np.unique(np.round(np.linspace(0, len(snaps) - 1, max_snapshots)).astype(int))
+        return [snaps[i] for i in idx]
+    return list(snaps)
+
+
 def read_metrics(train_dir: str | Path) -> pd.DataFrame:
     """The metrics log of a training folder as a DataFrame (one row per logged step)."""
     path = Path(train_dir) / "metrics.jsonl"
