@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from emojidiff.data import fusion
 from emojidiff.data.emoji_sources import EmojiSourceError, available_styles, render_svg, select_faces
+from emojidiff.images import from_uint8
 
 CODE_VERSION = "1"  # bump when the fusion or rendering changes in a way the source hash below would miss
 SPLIT_RULE = "twin-groups-1"  # bump when the split rule changes (it is part of the cache key)
@@ -124,7 +125,7 @@ def measure_sigma_data(images: np.ndarray) -> float:
     x = np.asarray(images)
     if x.size == 0:
         raise ValueError("measure_sigma_data: no images")
-    x = x.astype(np.float64) / 127.5 - 1.0
+    x = from_uint8(x, np.float64)
     return float(x.std())
 
 
@@ -146,7 +147,7 @@ class FusionImages:
     def __getitem__(self, i):
         import torch
 
-        x = self.images[i].float() / 127.5 - 1.0
+        x = from_uint8(self.images[i])
         if self.xflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x
@@ -241,7 +242,7 @@ def twin_pairs(images: np.ndarray, twin_mse: float, mirrors: bool = True, chunk:
     mirrors, of each other's left-right mirror (MSE(a, flip b) = MSE(flip a, b), so the relation is symmetric)."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)  # NHWC
+    x = from_uint8(torch.from_numpy(np.ascontiguousarray(images)))  # NHWC
     refs = [x, x.flip(2)] if mirrors else [x]  # axis 2 is W: a left-right mirror
     x = x.flatten(1)
     d = x.shape[1]

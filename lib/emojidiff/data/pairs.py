@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from emojidiff.images import from_uint8
+
 
 def components(n: int, edges: np.ndarray) -> np.ndarray:
     """Connected-component label of each of n nodes (scipy's union-find over an edge list (E, 2))."""
@@ -35,7 +37,7 @@ def part_distances(grid: np.ndarray, mirrors: bool = True) -> np.ndarray:
     n = grid.shape[0]
     if grid.shape[:2] != (n, n) or grid.ndim != 5:
         raise ValueError(f"grid must be (n, n, H, W, 3), got {grid.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(grid)).float().div(127.5).sub(1.0)
+    x = from_uint8(torch.from_numpy(np.ascontiguousarray(grid)))
     refs = [x.flatten(2), x.flip(3).flatten(2)] if mirrors else [x.flatten(2)]  # axis 3 is W
     eye = torch.eye(n, dtype=torch.bool)
     out = np.full((n, n), np.inf)

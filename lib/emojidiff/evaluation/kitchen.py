@@ -21,7 +21,7 @@ from emojidiff.data.emoji_sources import render_face, select_faces
 from emojidiff.evaluation.copies import Reference, _noisy, choose_thresholds, rate_interval, reference_set
 from emojidiff.evaluation.domain import domain_net_for_run
 from emojidiff.evaluation.metrics import nearest_k
-from emojidiff.images import save_grid, to_unit_range
+from emojidiff.images import from_uint8, save_grid, to_unit_range
 from emojidiff.model.sampler import generate
 from emojidiff.training import checkpoint as ckpt
 from emojidiff.training.checkpoint import list_snapshots, pick_snapshots
@@ -83,7 +83,7 @@ class Kitchen:
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
-    return np.asarray(images).reshape(len(images), -1).astype(np.float64) / 127.5 - 1.0
+    return from_uint8(np.asarray(images).reshape(len(images), -1), np.float64)
 
 
 def pair_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:

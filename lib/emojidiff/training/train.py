@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from emojidiff.config import Config, ConfigError, TrainConfig, load_config, save_resolved
 from emojidiff.data.dataset import dataset_from_config, measure_sigma_data
-from emojidiff.images import save_grid
+from emojidiff.images import from_uint8, save_grid
 from emojidiff.layout import RunLayout
 from emojidiff.model.edm import build_denoiser, edm_loss
 from emojidiff.model.sampler import generate
@@ -313,7 +313,7 @@ def accumulate_gradients(t: Trainer, batch: dict[str, torch.Tensor]) -> torch.Te
     for r in range(t.rounds):
         part = slice(t.shard.start + r * t.chunk, t.shard.start + (r + 1) * t.chunk)
         idx = batch["idx"][part]
-        y = t.images[idx].float() / 127.5 - 1
+        y = from_uint8(t.images[idx])
         y = torch.where(batch["flip"][part, None, None, None], y.flip(3), y)
         y = y.to(device, memory_format=t.fmt)
         labels = t.labels[idx].to(device) if t.labels is not None else None
@@ -533,7 +533,7 @@ def summarise(t: Trainer, state: LoopState, found: tuple[dict, dict] | None, ses
 def train(cfg: Config, out_dir: str | Path | None = None, width: int | None = None, resume: bool = True,
           progress: bool = True) -> dict:
     """Train every width of cfg.model.widths (or just `width`) into RunLayout(out_dir).train(width)."""
-    layout = RunLayout(out_dir if out_dir is not None else Path("outputs") / cfg.name)
+    layout = RunLayout.for_config(cfg, out_dir)
     info = dist.setup(cfg.device)
     widths = [width] if width is not None else list(cfg.model.widths)
     runs = {}
