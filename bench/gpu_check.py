@@ -13,6 +13,7 @@ and writes every figure with the GPU's name to <out>/gpu_check-<gpu>.json. Secti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -187,9 +188,9 @@ def main() -> None:
         if snaps:
             n = 2 * base.sample.batch_size
             t0 = time.perf_counter()
-            sample_checkpoint(snaps[-1][1], out / "samples", n, seed=0, num_steps=18,
-                              batch_size=base.sample.batch_size, device=str(dev), precision=base.train.precision,
-                              overwrite=True, progress=False)
+            sample = dataclasses.replace(base.sample, num_images=n, num_steps=18)
+            sample_checkpoint(snaps[-1][1], out / "samples", sample, seed=0, device=str(dev),
+                              precision=base.train.precision, overwrite=True, progress=False)
             res["sampling_img_per_s"] = n / (time.perf_counter() - t0)
             print(f"  width {w}: {res['sampling_img_per_s']:.0f} img/s ({n} images, load and write included)")
         save()
