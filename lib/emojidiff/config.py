@@ -69,7 +69,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     num_steps: int = 18  # sampler steps (Heun: 2 * num_steps - 1 network evaluations)
-    solver: str = "heun"  # "heun" (Algorithm 2) or "euler"
+    solver: str = "heun"  # "heun" (Algorithm 2), "euler" or "dpmpp2m" (DPM-Solver++(2M))
     guidance: float = 1.0  # classifier-free guidance weight w (conditional nets): 0 unconditional, 1 conditional
     batch_size: int = 256  # images per sampler batch
     num_images: int = 1000  # images drawn per checkpoint for evaluation
@@ -100,6 +100,8 @@ class KitchenConfig:
     sweep_pairs: int = 16  # held-out pairs in the sweep
     max_snapshots: int = 4  # EMA snapshots in the generalisation-gap curve (evenly spaced, last kept)
     gallery_rows: int = 8  # pairs per gallery figure
+    solver: str = ""  # sampler of the kitchen (guided sampling costs twice): "" = sample.solver
+    num_steps: int = 0  # its steps; 0 = sample.num_steps
 
 
 @dataclass
@@ -297,6 +299,9 @@ def _validate(cfg: Config, source: str) -> None:
         (len(cfg.kitchen.sweep) > 0 and all(w >= 0 for w in cfg.kitchen.sweep), "kitchen.sweep",
          "must list guidance weights >= 0", cfg.kitchen.sweep),
         (cfg.kitchen.sweep_pairs >= 1, "kitchen.sweep_pairs", "must be >= 1", cfg.kitchen.sweep_pairs),
+        (cfg.kitchen.solver in ("", "heun", "euler", "dpmpp2m"), "kitchen.solver",
+         "must be '', 'heun', 'euler' or 'dpmpp2m'", cfg.kitchen.solver),
+        (cfg.kitchen.num_steps >= 0, "kitchen.num_steps", "must be >= 0 (0: sample.num_steps)", cfg.kitchen.num_steps),
         (cfg.kitchen.max_snapshots >= 1, "kitchen.max_snapshots", "must be >= 1", cfg.kitchen.max_snapshots),
         (cfg.kitchen.gallery_rows >= 1, "kitchen.gallery_rows", "must be >= 1", cfg.kitchen.gallery_rows),
         (st.trace_patch > 0 and st.trace_patch % 2 == 1, "study.trace_patch", "must be a positive odd number",

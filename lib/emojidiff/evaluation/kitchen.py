@@ -274,7 +274,7 @@ def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) ->
     reference = reference_set(ds.images[train_rows], xflip)
     tables, samples = [], None
     for kimg, path in tqdm(snaps, desc=f"kitchen w{width}", disable=not progress):
-        kit = Kitchen.load(path, num_steps=cfg.sample.num_steps, solver=cfg.sample.solver,
+        kit = Kitchen.load(path, num_steps=kc.num_steps or cfg.sample.num_steps, solver=kc.solver or cfg.sample.solver,
                            precision=cfg.train.precision)
         scores, samples = evaluate_pairs(kit, ds, pairs, kc.samples, kc.guidance, cfg.seed, copy_mse, xflip, net,
                                          classes, reference)

@@ -233,8 +233,9 @@ def cli_main(args) -> int:
         for w, ckpt in jobs:
             path = write_pair(ckpt, layout.root / "kitchen" / f"w{w}", *args.pair, n=args.num_images or 8,
                               guidance=cfg.kitchen.guidance if args.guidance is None else args.guidance,
-                              seed=cfg.seed if args.seed is None else args.seed, num_steps=cfg.sample.num_steps,
-                              solver=cfg.sample.solver)
+                              seed=cfg.seed if args.seed is None else args.seed,
+                              num_steps=cfg.kitchen.num_steps or cfg.sample.num_steps,
+                              solver=cfg.kitchen.solver or cfg.sample.solver)
             print(f"w{w}: {path}")
         return 0
     sample = cfg.sample if args.num_images is None else dataclasses.replace(cfg.sample, num_images=args.num_images)
