@@ -23,17 +23,11 @@ import emojidiff
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
 from emojidiff.training import checkpoint as ckpt
+from emojidiff.training.batches import TrainingData, epoch_order, next_indices, training_data
 from emojidiff.training.checkpoint import read_metrics, sample_grids
 from emojidiff.training.distributed import resolve_precision
 from emojidiff.training.ema import ema_beta, make_ema, update_ema
-from emojidiff.training.train import (
-    TrainingData,
-    TrainingDiverged,
-    epoch_order,
-    next_indices,
-    train_width,
-    training_data,
-)
+from emojidiff.training.train import TrainingDiverged, train_width
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 

@@ -181,9 +181,9 @@ def test_smoke_subsets_keep_near_twins_apart(smoke):
 
 
 def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
+    from emojidiff.data.dataset import measure_sigma_data
     from emojidiff.layout import RunLayout
     from emojidiff.study import transition as st
-    from emojidiff.training.train import measured_sigma_data
 
     cfg, ds = smoke
     layout = RunLayout(tmp_path)
@@ -200,7 +200,7 @@ def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
                           for s in "ab")
         for key in ("model", "data", "train", "seed", "width", "sigma_data", "kimg"):
             assert meta_a[key] == meta_b[key], key
-        assert meta_a["sigma_data"] == pytest.approx(measured_sigma_data(ds.train_images()))
+        assert meta_a["sigma_data"] == pytest.approx(measure_sigma_data(ds.train_images()))
     snaps = sorted((tmp_path / "transition").rglob("ema-*.json"))
     stamps = [p.stat().st_mtime_ns for p in snaps]
     again = st.run_transition(cfg, layout, ds, progress=False)  # resumes: nothing retrained, same scores

@@ -15,8 +15,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from emojidiff.config import Config
+from emojidiff.data.dataset import measure_sigma_data
 from emojidiff.evaluation import transition as tr
+from emojidiff.evaluation.copies import choose_thresholds
+from emojidiff.evaluation.sampling import list_samples, sample_checkpoint
+from emojidiff.images import make_grid
 from emojidiff.layout import RunLayout
+from emojidiff.training.batches import TrainingData
+from emojidiff.training.checkpoint import list_snapshots
+from emojidiff.training.train import train_width
 
 SIDES = ("a", "b")
 
@@ -59,18 +66,13 @@ def train_groups(ds) -> np.ndarray:
 def run_transition(cfg: Config, layout: RunLayout, ds, progress: bool = True) -> pd.DataFrame:
     """Train, sample and score both models of every N; returns (and writes metrics/transition.csv) one row per N
     and snapshot. Finished models and sample sets are reused, so a killed run continues where it stopped."""
-    from emojidiff.evaluation.copies import choose_thresholds
-    from emojidiff.evaluation.sampling import sample_checkpoint
-    from emojidiff.training.checkpoint import list_snapshots
-    from emojidiff.training.train import TrainingData, measured_sigma_data, train_width
-
     if not cfg.transition.ladder:
         raise ValueError("transition.ladder is empty: this profile runs no transition study (see "
                          "params/transition.yaml)")
     images, groups, xflip = ds.train_images(), train_groups(ds), cfg.train.xflip
     copy_mse = choose_thresholds(ds, xflip).copy_mse
     random_mse = tr.random_pair_mse(images, seed=cfg.seed)
-    sigma_data = cfg.model.sigma_data or measured_sigma_data(images)  # the whole training split's, for every model
+    sigma_data = cfg.model.sigma_data or measure_sigma_data(images)  # the whole training split's, for every model
     sample_cfg = replace(cfg.sample, num_images=cfg.transition.samples, guidance=1.0)
     width, rows = cfg.transition.width, []
     steps = plan(cfg, groups)
@@ -103,8 +105,6 @@ def _load(path: Path) -> np.ndarray:
 
 def load_samples(layout: RunLayout, cfg: Config, n: int, kimg: float | None = None) -> dict[str, np.ndarray]:
     """Both models' samples at size n and snapshot kimg (None: the last), keyed "a" and "b"."""
-    from emojidiff.evaluation.sampling import list_samples
-
     out = {}
     for side in SIDES:
         sets = [s for s in list_samples(model_layout(layout, n, side), cfg.transition.width)
@@ -169,7 +169,6 @@ def plot_galleries(samples: dict[int, dict[str, np.ndarray]], seeds: int = 8):
     """Per N, two rows: model A's and model B's sample from the same first `seeds` noise seeds."""
     import matplotlib.pyplot as plt
 
-    from emojidiff.images import make_grid
 
     ns = sorted(samples)
     fig, axes = plt.subplots(len(ns), 1, figsize=(1.1 * seeds, 2.4 * len(ns)), squeeze=False)

@@ -10,7 +10,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emojidiff.config import Config, ConfigError, TrainConfig, load_config, save_resolved
-from emojidiff.data.dataset import dataset_from_config, measure_sigma_data
+from emojidiff.data.dataset import measure_sigma_data
 from emojidiff.images import from_uint8, save_grid
 from emojidiff.layout import RunLayout
 from emojidiff.model.edm import build_denoiser, edm_loss
@@ -26,6 +26,7 @@ from emojidiff.model.sampler import generate
 from emojidiff.runlock import run_lock
 from emojidiff.training import checkpoint as ckpt
 from emojidiff.training import distributed as dist
+from emojidiff.training.batches import TrainingData, conditioned, next_indices, seed_ints, training_data
 from emojidiff.training.ema import ema_beta, make_ema, update_ema
 
 GRID_IMAGES = 64  # EMA samples drawn at each snapshot, fixed seeds
@@ -37,29 +38,6 @@ CHECK_EVERY_CPU = 1  # on CPU a check costs nothing: every step, as always
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
-
-
-def _seed_ints(*words: int) -> int:
-    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The data order of one epoch: a permutation fixed by (seed, epoch), so a resume finds its place."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_ints(seed, 0xDA7A, epoch)))
-
-
-def next_indices(n: int, batch: int, seed: int, epoch: int, pos: int) -> tuple[torch.Tensor, int, int]:
-    """The next global batch of image indices from position `pos` of `epoch`, running into the next epochs."""
-    parts = []
-    while batch > 0:
-        order = epoch_order(n, seed, epoch)
-        take = order[pos:pos + batch]
-        parts.append(take)
-        batch -= len(take)
-        pos += len(take)
-        if pos >= n:
-            epoch, pos = epoch + 1, 0
-    return torch.cat(parts), epoch, pos
 
 
 def memory_format(choice: str, amp_dtype: torch.dtype | None, device: torch.device) -> torch.memory_format:
@@ -78,47 +56,6 @@ def accumulation(batch: int, batch_gpu: int, info: dist.DistInfo) -> tuple[int, 
         raise ConfigError(f"train.batch_gpu={batch_gpu} must divide each process's share ({per} = {batch} / "
                           f"{info.world_size} processes)")
     return chunk, per // chunk
-
-
-@dataclass
-class TrainingData:
-    """The images one width trains on (uint8 NHWC) and, for a conditional model, their (parent A, parent B) labels."""
-
-    images: np.ndarray
-    labels: np.ndarray | None = None  # (N, 2) int64 indices into the dataset's face list
-    num_faces: int = 0  # the conditional net's label_dim
-
-
-def training_data(cfg: Config) -> TrainingData:
-    """The training split of the profile's dataset; with model.conditional, also each image's parents as labels."""
-    ds = dataset_from_config(cfg)
-    images = np.asarray(ds.train_images())
-    if not cfg.model.conditional:
-        return TrainingData(images)
-    return TrainingData(images, ds.train_labels(), ds.num_faces)
-
-
-def conditioned(cfg: Config, data: TrainingData) -> Config:
-    """The profile with model.label_dim resolved: the number of faces when conditional, else refused if set."""
-    m = cfg.model
-    if not m.conditional:
-        if m.label_dim:
-            raise ConfigError(f"model.label_dim={m.label_dim} without model.conditional: set conditional: true "
-                              "(label_dim then follows the dataset's faces) or label_dim: 0")
-        return cfg
-    if data.labels is None or data.labels.shape != (len(data.images), 2):
-        got = None if data.labels is None else tuple(data.labels.shape)
-        raise ValueError(f"model.conditional needs (N, 2) parent labels for the {len(data.images)} images, got {got}")
-    if m.label_slots != 2:
-        raise ConfigError(f"model.label_slots={m.label_slots}: a conditional model takes 2 labels (parents A and B)")
-    if m.label_dim and m.label_dim != data.num_faces:
-        raise ConfigError(f"model.label_dim={m.label_dim} but the dataset has {data.num_faces} faces; "
-                          "leave label_dim at 0 for a conditional model")
-    return replace(cfg, model=replace(m, label_dim=data.num_faces))
-
-
-def measured_sigma_data(images: np.ndarray) -> float:
-    return float(measure_sigma_data(images))
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -259,14 +196,14 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
     if info.device.type == "cuda":  # uint8 on the GPU: a batch is gathered there, no host copy per step
         images = images.to(info.device)
         labels = labels.to(info.device) if labels is not None else None
-    sigma_data = found[1]["sigma_data"] if found else cfg.model.sigma_data or measured_sigma_data(data.images)
+    sigma_data = found[1]["sigma_data"] if found else cfg.model.sigma_data or measure_sigma_data(data.images)
 
-    torch.manual_seed(_seed_ints(cfg.seed, width, 1))  # init and dropout; numpy/python seeded for any user code
-    np.random.seed(_seed_ints(cfg.seed, width, 3) % 2**32)
-    random.seed(_seed_ints(cfg.seed, width, 4))
+    torch.manual_seed(seed_ints(cfg.seed, width, 1))  # init and dropout; numpy/python seeded for any user code
+    np.random.seed(seed_ints(cfg.seed, width, 3) % 2**32)
+    random.seed(seed_ints(cfg.seed, width, 4))
     net = build_denoiser(cfg.model, width, images.shape[-1], sigma_data).to(info.device).train()
     if info.active:  # same initial weights everywhere, then each rank its own dropout masks
-        torch.manual_seed(_seed_ints(cfg.seed, width, 5, info.rank))
+        torch.manual_seed(seed_ints(cfg.seed, width, 5, info.rank))
     amp_dtype = dist.resolve_precision(train_cfg.precision, info.device)
     configure_backends(cfg, info, amp_dtype)
     fmt = memory_format(train_cfg.channels_last, amp_dtype, info.device)
@@ -276,7 +213,7 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8, **fused)
     # noise, sigma and flips: a CPU generator on CPU (as always, bitwise), drawn on the GPU there
     noise_rng = torch.Generator(info.device if info.device.type == "cuda" else "cpu")
-    noise_rng.manual_seed(_seed_ints(cfg.seed, width, 2))
+    noise_rng.manual_seed(seed_ints(cfg.seed, width, 2))
     state = LoopState()
     if found is not None:
         ckpt.restore_state(found[0], found[1], net, ema, optimizer, {"noise": noise_rng}, info.rank, info.world_size)
