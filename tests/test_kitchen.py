@@ -163,6 +163,8 @@ def test_run_kitchen_tables_and_figures(run):
     assert len(r["gap"]) == 2 * 2  # two groups x two snapshots
     assert list(r["sweep"].guidance) == [0.0, 2.0] and (r["sweep"].diversity > 0).all()
     assert r["samples"].shape == (8, 32, 32, 3)  # 4 pairs x 2 samples, of the last snapshot
+    last = r["last_scores"]
+    assert (r["summary_far"].samples.sum() if len(r["summary_far"]) else 0) == (last.truth_gap > ek.FAR_GAP).sum()
     for fig in (ek.plot_gallery(r, ds, rows=2), ek.plot_gap(r["gap"]), ek.plot_sweep(r["sweep"])):
         assert isinstance(fig, matplotlib.figure.Figure)
     assert not any(layout.figures.glob("*.png"))  # plots never save
@@ -179,3 +181,19 @@ def test_controls_composer_composes_and_copier_copies(run):
         assert t.loc[f"{g} (composer)", "closer"] == 1.0 and t.loc[f"{g} (composer)", "copied"] == 0.0
         assert t.loc[f"{g} (copier)", "copied"] == 1.0
     assert t.loc["held-out (copier)", "closer"] == 0.0  # a held-out truth is >= twin_mse from every training image
+
+
+def test_truth_gap_is_the_nearest_other_training_image_or_mirror(run):
+    """Brute force: per pair, the smallest MSE from its truth to a training image (or mirror) outside its twin group."""
+    cfg, _ = run
+    ds = emojidiff.dataset_from_config(cfg, progress=False)
+    pairs = ek.choose_pairs(ds, seed=0)
+    train_rows = np.flatnonzero((ds.manifest["split"] == "train").to_numpy())
+    gaps = ek.truth_gaps(ds, pairs, reference_set(ds.images[train_rows], True), xflip=True)
+    group = ds.manifest["twin_group"].to_numpy()
+    x = ds.images.astype(np.float64) / 127.5 - 1.0
+    for gap, row in zip(gaps, pairs["row"]):
+        others = train_rows[group[train_rows] != group[row]]
+        d = [min(((x[row] - x[o]) ** 2).mean(), ((x[row] - x[o][:, ::-1]) ** 2).mean()) for o in others]
+        assert gap == pytest.approx(min(d), rel=1e-6)
+    assert (gaps[pairs.group.to_numpy() == "held-out"] >= 0.003).all()  # the split's twin threshold

@@ -28,6 +28,7 @@ from emojidiff.training.checkpoint import list_snapshots, pick_snapshots
 from emojidiff.training.distributed import resolve_precision
 
 GROUPS = ("held-out", "training")
+FAR_GAP = 0.005  # a truth farther than this (MSE) from every other training image and mirror is no near-copy
 
 
 class Kitchen:
@@ -225,12 +226,23 @@ def evaluate_pairs(kitchen_, dataset, pairs: pd.DataFrame, k: int, guidance: flo
     scores.insert(0, "pair", pair_id)
     scores.insert(0, "group", pairs["group"].to_numpy()[pair_id])
     scores["guidance"] = guidance
+    if "truth_gap" in pairs:
+        scores["truth_gap"] = pairs["truth_gap"].to_numpy()[pair_id]
     if parent_net is not None:
         pa, pb = predict_parents(parent_net, samples, parent_classes)
         scores["parent_a_ok"] = pa == pairs["parent_a"].to_numpy()[pair_id]
         scores["parent_b_ok"] = pb == pairs["parent_b"].to_numpy()[pair_id]
         scores["parents_ok"] = scores["parent_a_ok"] & scores["parent_b_ok"]
     return scores, samples
+
+
+def truth_gaps(dataset, pairs: pd.DataFrame, reference: Reference, xflip: bool = True) -> np.ndarray:
+    """Per pair, the MSE from its true fusion to the nearest other training image (twins and mirrors as scored)."""
+    train_rows = np.flatnonzero((dataset.manifest["split"] == "train").to_numpy())
+    rows = pairs["row"].to_numpy()
+    scored = score_samples(dataset.images[rows], rows, dataset.images, reference, train_rows, 0.0, xflip,
+                           dataset.manifest["twin_group"].to_numpy())
+    return scored["other_mse"].to_numpy()
 
 
 def control_scores(dataset, pairs: pd.DataFrame, k: int, copy_mse: float, xflip: bool = True,
@@ -272,6 +284,7 @@ def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) ->
     classes = info.get("classes")
     train_rows = np.flatnonzero((ds.manifest["split"] == "train").to_numpy())
     reference = reference_set(ds.images[train_rows], xflip)
+    pairs["truth_gap"] = truth_gaps(ds, pairs, reference, xflip)
     tables, samples = [], None
     for kimg, path in tqdm(snaps, desc=f"kitchen w{width}", disable=not progress):
         kit = Kitchen.load(path, num_steps=kc.num_steps or cfg.sample.num_steps, solver=kc.solver or cfg.sample.solver,
@@ -288,7 +301,9 @@ def run_kitchen(cfg, layout, width: int, dataset=None, progress: bool = True) ->
         sweep.append({**row, "guidance": w, "diversity": diversity(x, s["pair"].to_numpy())})
     last = scores[scores.kimg == scores.kimg.max()]
     controls = control_scores(ds, pairs, kc.samples, copy_mse, xflip, seed=cfg.seed, reference=reference)
+    far = last[last.truth_gap > FAR_GAP]  # pairs whose truth is no near-copy of a training image
     return {"pairs": pairs, "scores": scores, "summary": group_table(last), "controls": group_table(controls),
+            "summary_far": group_table(far) if len(far) else group_table(last).iloc[:0],
             "gap": group_table(scores, by=["kimg"]), "sweep": pd.DataFrame(sweep), "samples": samples,
             "last_scores": last.reset_index(drop=True), "copy_mse": copy_mse, "kimg": float(snaps[-1][0]),
             "classifier_holdout": info.get("holdout")}
