@@ -11,7 +11,7 @@ from emojidiff.config import Config, ConfigError, config_from_dict, load_config,
 PROFILES = ["params/smoke.yaml", "params/cpu.yaml", "params/paper.yaml"]
 
 
-@pytest.mark.parametrize("path", PROFILES)
+@pytest.mark.parametrize("path", PROFILES + ["params/transition.yaml", "params/widths.yaml"])
 def test_profiles_load_and_list_every_key(path, repo):
     cfg = load_config(repo / path)
     raw = yaml.safe_load((repo / path).read_text())
