@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emojidiff.evaluation.copies import rate_interval
 from emojidiff.images import png_bytes
 
 PAIR_COLUMNS = ["pair_id", "left_source", "left_index", "right_source", "right_index"]
@@ -224,15 +225,6 @@ class StudyWidget:
         display(self.widget)
 
 
-def wilson(k, n, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for k successes in n trials."""
-    k, n = np.asarray(k, float), np.asarray(n, float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
-        half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-    return centre - half, centre + half
-
 
 def win_rates(answers: pd.DataFrame) -> pd.DataFrame:
     """Per source: comparisons, wins, win rate and its 95% Wilson interval."""
@@ -240,7 +232,8 @@ def win_rates(answers: pd.DataFrame) -> pd.DataFrame:
     games = pd.concat([answers["winner"], answers["loser"]]).value_counts()
     df = pd.DataFrame({"comparisons": games, "wins": wins.reindex(games.index, fill_value=0)})
     df["win_rate"] = df["wins"] / df["comparisons"]
-    df["ci_low"], df["ci_high"] = wilson(df["wins"], df["comparisons"])
+    ci = [rate_interval(int(k), int(n)) for k, n in zip(df["wins"], df["comparisons"])]
+    df["ci_low"], df["ci_high"] = [c[0] for c in ci], [c[1] for c in ci]
     df.index.name = "source"
     return df.sort_values("win_rate", ascending=False)
 
