@@ -177,7 +177,7 @@ def holdout_share(dataset) -> float:
 
 # --- controls: sample sets whose right answer is known ---
 
-def _noisy(images: np.ndarray, noise_mse: float, rng: np.random.Generator) -> np.ndarray:
+def with_noise(images: np.ndarray, noise_mse: float, rng: np.random.Generator) -> np.ndarray:
     """Gaussian noise of the given MSE on the [-1, 1] scale (sigma in grey levels = sqrt(mse) * 127.5), rounded."""
     x = images.astype(np.float64) + rng.normal(0.0, math.sqrt(noise_mse) * 127.5, images.shape)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
@@ -191,7 +191,7 @@ def memoriser_control(dataset, n: int | None = None, noise_mse: float = 0.001, s
     x = train[pick].copy()
     flip = rng.random(len(x)) < 0.5
     x[flip] = x[flip][:, :, ::-1]
-    return _noisy(x, noise_mse, rng)
+    return with_noise(x, noise_mse, rng)
 
 
 def generaliser_control(dataset) -> np.ndarray:
@@ -206,7 +206,7 @@ def ideal_generaliser_control(dataset, n: int = 500, noise_mse: float = 0.001, s
     x = dataset.images[rng.integers(0, len(dataset), n)].copy()
     flip = rng.random(n) < 0.5
     x[flip] = x[flip][:, :, ::-1]
-    return _noisy(x, noise_mse, rng)
+    return with_noise(x, noise_mse, rng)
 
 
 def nonsense_control(dataset, n: int = 200, seed: int = 0, mix: int = 4) -> np.ndarray:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from emojidiff.data.dataset import dataset_from_config, face_index, face_table
 from emojidiff.data.emoji_sources import render_face, select_faces
-from emojidiff.evaluation.copies import Reference, _noisy, choose_thresholds, rate_interval, reference_set
+from emojidiff.evaluation.copies import Reference, choose_thresholds, rate_interval, reference_set, with_noise
 from emojidiff.evaluation.domain import domain_net_for_run
 from emojidiff.evaluation.metrics import nearest_k
 from emojidiff.images import from_uint8, save_grid, to_unit_range
@@ -263,7 +263,7 @@ def control_scores(dataset, pairs: pd.DataFrame, k: int, copy_mse: float, xflip:
     rng = np.random.default_rng([seed, 0xC0])
     out = []
     for name, x in (("composer", dataset.images[truth_rows]), ("copier", reference.images[pick])):
-        s = score_samples(_noisy(x, noise_mse, rng), truth_rows, dataset.images, reference, train_rows,
+        s = score_samples(with_noise(x, noise_mse, rng), truth_rows, dataset.images, reference, train_rows,
                           copy_mse, xflip, group)
         s.insert(0, "pair", pair_id)
         s.insert(0, "group", [f"{g} ({name})" for g in pairs["group"].to_numpy()[pair_id]])
