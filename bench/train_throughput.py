@@ -27,7 +27,8 @@ from emojidiff.training.train import CHECK_EVERY_CPU, CHECK_EVERY_CUDA, memory_f
 
 
 def measure_step(model_cfg, width: int, batch: int, precision: str, device: torch.device, steps: int,
-                 batch_gpu: int = 0, channels_last: str = "auto", warmup: int = 2, n_data: int = 4096) -> dict:
+                 batch_gpu: int = 0, channels_last: str = "auto", warmup: int = 2, n_data: int = 4096,
+                 compile: bool = False) -> dict:
     """Time `steps` training steps after `warmup`: img/s, step and host ms, rounds, peak GPU memory (MiB)."""
     torch.manual_seed(0)
     cuda = device.type == "cuda"
@@ -36,6 +37,7 @@ def measure_step(model_cfg, width: int, batch: int, precision: str, device: torc
     fmt = memory_format(channels_last, amp, device)
     net = net.to(memory_format=fmt)
     ema = make_ema(net)
+    model = torch.compile(net) if compile else net  # as train.compile does; warm-up steps absorb the compile
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, **({"fused": True} if cuda else {}))
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     data = torch.randint(0, 256, (n_data, 3, 32, 32), dtype=torch.uint8, device=device if cuda else "cpu")
@@ -66,7 +68,7 @@ def measure_step(model_cfg, width: int, batch: int, precision: str, device: torc
             y = (data[idx[part]].float() / 127.5 - 1).to(device, memory_format=fmt)
             prep += time.perf_counter() - tp
             with ctx:
-                loss = edm_loss(net, y, rnd_normal=rnd[part].to(device),
+                loss = edm_loss(model, y, rnd_normal=rnd[part].to(device),
                                 noise=noise[part].to(device, memory_format=fmt)).mean()
             scaled = loss / rounds if rounds > 1 else loss
             (scaler.scale(scaled) if scaler else scaled).backward()
@@ -88,7 +90,7 @@ def measure_step(model_cfg, width: int, batch: int, precision: str, device: torc
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     return {"width": width, "precision": precision, "batch": batch, "batch_gpu": chunk, "rounds": rounds,
-            "channels_last": fmt == torch.channels_last, "img_per_s": batch * steps / wall,
+            "channels_last": fmt == torch.channels_last, "compile": compile, "img_per_s": batch * steps / wall,
             "step_ms": 1000 * wall / steps, "host_ms": 1000 * host / steps, "prep_ms": 1000 * prep / steps,
             "ema_ms": 1000 * ema_t / steps,
             "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None}
@@ -97,6 +99,7 @@ def measure_step(model_cfg, width: int, batch: int, precision: str, device: torc
 def describe(r: dict) -> str:
     mem = f", peak {r['peak_mib']:7.0f} MiB" if r["peak_mib"] is not None else ""
     return (f"width {r['width']:4d} {r['precision']}{' channels_last' if r['channels_last'] else ' NCHW'}"
+            f"{' compiled' if r['compile'] else ''}"
             f" {r['rounds']} x {r['batch_gpu']}: {r['img_per_s']:8.1f} img/s, step {r['step_ms']:7.1f} ms, "
             f"host {r['host_ms']:7.1f} ms (data+noise {r['prep_ms']:.2f}, EMA {r['ema_ms']:.2f}){mem}")
 
@@ -112,6 +115,8 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per setting")
     ap.add_argument("--device", default=None, help="default: the profile's device")
+    ap.add_argument("--compile", default="off", choices=["off", "on", "both"], help="torch.compile the net")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling needs 3 or more)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
     args = ap.parse_args()
     if args.threads:
@@ -130,8 +135,10 @@ def main() -> None:
         print(f"width {width}: {n / 1e6:.2f} M params")
         for precision in args.precisions:
             for cl in layouts:
-                r = measure_step(cfg.model, width, batch, precision, device, args.steps, batch_gpu, cl)
-                print("  " + describe(r), flush=True)
+                for comp in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+                    r = measure_step(cfg.model, width, batch, precision, device, args.steps, batch_gpu, cl,
+                                     warmup=args.warmup, compile=comp)
+                    print("  " + describe(r), flush=True)
 
 
 if __name__ == "__main__":

@@ -546,3 +546,32 @@ def test_training_data_of_a_conditional_profile_carries_the_dataset_parents():
     assert data.num_faces == ds.num_faces == 8 and np.array_equal(data.images, ds.train_images())
     assert data.labels.dtype == np.int64 and np.array_equal(data.labels, ds.train_labels())
     assert training_data(replace(cfg, model=replace(cfg.model, conditional=False))).labels is None
+
+
+def test_compiled_training_matches_eager_and_a_failed_compile_falls_back_with_a_warning(tmp_path, monkeypatch):
+    cfg = tiny_config(duration_kimg=0.024, checkpoint_kimg=0.008, snapshot_kimg=0.024)  # 3 steps, fp32
+    eager = _final_tensors(_run(cfg, RunLayout(tmp_path / "eager"))["train_dir"])
+    real_compile, calls = torch.compile, []
+
+    def recording(module, **kw):
+        fn = real_compile(module, **kw)
+        return lambda *a, **k: calls.append(1) or fn(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    compiled = _final_tensors(_run({**cfg, "train": {**cfg["train"], "compile": True}},
+                                   RunLayout(tmp_path / "compiled"))["train_dir"])
+    for k, v in eager.items():  # inductor fuses and reorders float ops: equal to rounding, not bit for bit
+        if k.startswith(("net.", "ema.")):
+            torch.testing.assert_close(compiled[k], v, rtol=1e-4, atol=1e-5, msg=f"{k}: compiled step differs")
+    assert len(calls) == 3  # every step went through the compiled module
+
+    def broken(module, **kw):  # what torch.compile gives where no C++ compiler is found: fails on the first call
+        def fail(*a, **k):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no working C.. compiler.*training runs eagerly"):
+        fallback = _run({**cfg, "train": {**cfg["train"], "compile": True}}, RunLayout(tmp_path / "fallback"))
+    got = _final_tensors(fallback["train_dir"])
+    assert all(torch.equal(got[k], v) for k, v in eager.items() if k.startswith(("net.", "ema.")))

@@ -48,6 +48,31 @@ def memory_format(choice: str, amp_dtype: torch.dtype | None, device: torch.devi
     return torch.contiguous_format
 
 
+class CompiledOrEager(torch.nn.Module):
+    """torch.compile(module), or `module` itself with one warning when the first compile fails (no C++ compiler)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module  # the eager module: parameters, state_dict and sigma_data as before
+        self.__dict__["compiled"] = torch.compile(module)  # not a submodule: the parameters are registered once
+        self.works: bool | None = None  # unknown until the first call
+
+    def forward(self, *args, **kwargs):
+        if self.works is False:
+            return self.module(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as exc:  # a failed first compile leaves no state behind: run that call eagerly
+            if self.works:
+                raise
+            self.works = False
+            warnings.warn(f"train.compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                          "training runs eagerly (slower, same maths)", stacklevel=2)
+            return self.module(*args, **kwargs)
+        self.works = True
+        return out
+
+
 def accumulation(batch: int, batch_gpu: int, info: dist.DistInfo) -> tuple[int, int]:
     """(images per forward/backward, rounds per step) for this process's share of the global batch."""
     per = batch // info.world_size
@@ -226,7 +251,7 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
         scale = float((found[1] if found else {}).get("grad_scale", 2**16))
         scaler = torch.amp.GradScaler("cuda", init_scale=scale)
     ddp = dist.wrap(net, info)
-    model = torch.compile(ddp) if train_cfg.compile else ddp
+    model = CompiledOrEager(ddp) if train_cfg.compile else ddp
     trainer = Trainer(cfg, width, out, info, images, labels, net, ema, model, ddp, optimizer, noise_rng, scaler,
                       amp_dtype, fmt, dist.shard(train_cfg.batch_size, info), chunk, rounds)
     return trainer, state
