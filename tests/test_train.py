@@ -575,3 +575,21 @@ def test_compiled_training_matches_eager_and_a_failed_compile_falls_back_with_a_
         fallback = _run({**cfg, "train": {**cfg["train"], "compile": True}}, RunLayout(tmp_path / "fallback"))
     got = _final_tensors(fallback["train_dir"])
     assert all(torch.equal(got[k], v) for k, v in eager.items() if k.startswith(("net.", "ema.")))
+
+
+def test_a_compiled_conditional_bf16_run_repeats_and_resumes_bit_for_bit(tmp_path):
+    # the cpu profile's setting: label dropout draws inside the compiled graph, from the RNG a checkpoint saves
+    data = _conditional_data()
+
+    def run(folder, **train):
+        torch.set_num_threads(1)
+        cfg = config_from_dict(_conditional_config(compile=True, precision="bf16", **train))
+        return train_width(cfg, RunLayout(tmp_path / folder), 8, data=data, progress=False)
+
+    run("resumed", duration_kimg=0.04)
+    with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
+        resumed = run("resumed", duration_kimg=0.08)
+    whole, again = run("whole", duration_kimg=0.08), run("again", duration_kimg=0.08)
+    assert resumed["steps"] == whole["steps"] == 10
+    assert whole["net_sha256"] == again["net_sha256"] == resumed["net_sha256"]
+    assert whole["ema_sha256"] == resumed["ema_sha256"]
