@@ -182,6 +182,10 @@ def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
     assert table.groupby("N").size().tolist() == [2, 2]  # two snapshots per N, both models
     assert (table["samples"] == 4).all() and table["disagreement"].between(0, 4).all()
     assert pd.read_csv(layout.metrics / "transition.csv").shape == table.shape
+    # the known answer: two ideal memorisers copy their own subsets, never the other's (twins kept apart)
+    assert (table["memoriser_copy_own"] == 1.0).all() and (table["memoriser_copy_other"] == 0.0).all()
+    assert (table.groupby("N")["memoriser_disagreement_ratio"].nunique() == 1).all()  # one control per N
+    assert (table["memoriser_disagreement_ratio"] > 0).all()
     sub_a, sub_b = (np.load(st.model_layout(layout, top, s).root / "subset.npy") for s in "ab")
     assert len(sub_a) == len(sub_b) == top and not set(sub_a) & set(sub_b)
     for n in (2, top):  # both models of an N: every setting and seed the same (sigma_data too), only the data differ

@@ -2,7 +2,8 @@
 
 Both models of an N share every hyper-parameter and seed (initial weights, noise, data order): only their images
 differ. They train through `train_width` (so a killed run resumes), are sampled at every EMA snapshot from the same
-noise seeds (`sample_checkpoint`, which reuses finished sets), and scored by evaluation/transition.py.
+noise seeds (`sample_checkpoint`, which reuses finished sets), and scored by evaluation/transition.py. The known
+answer beside them: the ideal memorisers of the two subsets, sampled from the same seeds and scored alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from emojidiff.config import Config
 from emojidiff.data.dataset import measure_sigma_data
 from emojidiff.evaluation import transition as tr
 from emojidiff.evaluation.copies import choose_thresholds
+from emojidiff.evaluation.evaluate import memoriser_samples
 from emojidiff.evaluation.sampling import list_samples, sample_checkpoint
 from emojidiff.images import make_grid
 from emojidiff.layout import RunLayout
@@ -88,14 +90,25 @@ def run_transition(cfg: Config, layout: RunLayout, ds, progress: bool = True) ->
             sets[side] = {k: sample_checkpoint(p, sub.samples(width), sample_cfg, cfg.seed, cfg.device,
                                                cfg.train.precision, progress=False)
                           for k, p in list_snapshots(sub.train(width))}
+        control = memoriser_control(replace(cfg, sample=sample_cfg), layout, n, images, subsets, copy_mse, random_mse)
         for k in sorted(set(sets["a"]) & set(sets["b"])):
             a, b = (_load(sets[s][k]) for s in SIDES)
             row = tr.compare_models(a, b, images[subsets[0]], images[subsets[1]], copy_mse, random_mse, xflip)
-            rows.append({"N": n, "kimg": k, "epochs": k * 1000 / n, **row})
+            rows.append({"N": n, "kimg": k, "epochs": k * 1000 / n, **row, **control})
     table = pd.DataFrame(rows)
     layout.metrics.mkdir(parents=True, exist_ok=True)
     table.to_csv(layout.metrics / "transition.csv", index=False)
     return table
+
+
+def memoriser_control(cfg: Config, layout: RunLayout, n: int, images: np.ndarray, subsets, copy_mse: float,
+                      random_mse: float) -> dict:
+    """The perfect-copier pair at size n: the two subsets' ideal memorisers sampled from the models' noise seeds
+    (cfg.sample) and scored like the models, as `memoriser_<score>` columns; drawn once, kept beside each model."""
+    a, b = (memoriser_samples(cfg, model_layout(layout, n, side), images[idx], progress=False)[0]
+            for side, idx in zip(SIDES, subsets))
+    row = tr.compare_models(a, b, images[subsets[0]], images[subsets[1]], copy_mse, random_mse, cfg.train.xflip)
+    return {f"memoriser_{key}": row[key] for key in ("disagreement_ratio", "copy_own", "copy_other")}
 
 
 def _load(path: Path) -> np.ndarray:
@@ -130,11 +143,17 @@ def plot_transition(table: pd.DataFrame):
     ratio_se = 2 * last["disagreement_se"] / last["random_pair_mse"]
     ax.errorbar(last["N"], last["disagreement_ratio"], yerr=ratio_se, marker="o", capsize=3)
     ax.axhline(1.0, color="grey", ls="--", lw=1, label="two random training images")
+    if "memoriser_disagreement_ratio" in last:  # tables written before the control have no such column
+        ax.plot(last["N"], last["memoriser_disagreement_ratio"], color="black", ls=":", marker="x",
+                label="two ideal memorisers (perfect copiers)")
     ax.set(xscale="log", xlabel="training images per model (N)", ylabel="MSE(model A, model B) / random pairs",
            title="Same noise, disjoint data: disagreement", ylim=(0, None))
     ax.legend(fontsize=8)
     for key, label in (("copy_own", "copies of its own subset"), ("copy_other", "copies of the other's subset")):
         ax2.plot(last["N"], last[key], marker="o", label=label)
+    if "memoriser_copy_own" in last:
+        ax2.plot(last["N"], last["memoriser_copy_own"], color="black", ls=":", marker="x",
+                 label="ideal memorisers, own subset")
     ax2.set(xscale="log", xlabel="training images per model (N)", ylabel="share of samples", ylim=(-0.02, 1.02),
             title="Copy rates (mean of the two models)")
     ax2.legend(fontsize=8)
