@@ -2,6 +2,7 @@
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,9 +10,10 @@ import yaml
 from emojidiff.config import Config, ConfigError, config_from_dict, load_config, save_resolved
 
 PROFILES = ["params/smoke.yaml", "params/cpu.yaml", "params/paper.yaml"]
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", PROFILES + ["params/transition.yaml", "params/widths.yaml"])
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "params").glob("*.yaml")))
 def test_profiles_load_and_list_every_key(path, repo):
     cfg = load_config(repo / path)
     raw = yaml.safe_load((repo / path).read_text())
