@@ -10,6 +10,7 @@ import pytest
 
 from emojidiff.config import ConfigError, config_from_dict, load_config
 from emojidiff.evaluation import transition as tr
+from emojidiff.study import transition as st
 
 matplotlib.use("Agg")
 
@@ -183,7 +184,6 @@ def test_smoke_subsets_keep_near_twins_apart(smoke):
 def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
     from emojidiff.data.dataset import measure_sigma_data
     from emojidiff.layout import RunLayout
-    from emojidiff.study import transition as st
 
     cfg, ds = smoke
     layout = RunLayout(tmp_path)
@@ -227,6 +227,19 @@ def test_model_config_is_unconditional_with_the_requested_snapshots(smoke):
     assert m.train.duration_kimg == 10.0 and m.train.snapshot_kimg == pytest.approx(2.0)
     assert m.train.max_snapshots > 5  # no snapshot thinned away
     assert m.seed == cfg.seed and m.train.lr == cfg.train.lr  # same hyper-parameters for both models
+
+
+def test_critical_measures_the_ratio_against_the_perfect_copiers_at_each_n():
+    ns = [16, 64, 256, 1708]
+    mem = np.array([0.94, 0.84, 0.69, 0.46])  # the ideal memorisers' ratio falls with N (measured on Noto core)
+    table = pd.DataFrame({"N": ns, "kimg": 1.0, "random_pair_mse": 0.15, "disagreement_se": 0.0,
+                          "memoriser_disagreement_ratio": mem})
+    copier = table.assign(disagreement=0.15 * mem)  # a model that copies as the memorisers do
+    assert np.isinf(st.critical(copier)["estimate"])  # never a generaliser, though its raw ratio ends below 0.5
+    assert np.isfinite(st.critical(copier.drop(columns="memoriser_disagreement_ratio"))["estimate"])  # the old trap
+    mixed = table.assign(disagreement=0.15 * mem * np.array([1.0, 0.9, 0.3, 0.1]))
+    found = st.critical(mixed)
+    assert found["estimate"] == pytest.approx(64 * 4 ** (2 / 3)) and "ideal memorisers" in found["text"]
 
 
 def test_critical_size_interpolates_in_log_n_and_says_when_there_is_none():
