@@ -70,6 +70,14 @@ def sample(net, n: int, seed: int, solver: str, steps: int, batch: int, bf16: bo
     return x, time.perf_counter() - t
 
 
+def compiled_net(ckpt: Path, solver: str, batch: int):
+    """The EMA net in channels_last with its UNet torch.compile'd, warmed up on one batch (compiling is not timed)."""
+    net = load_denoiser(ckpt, "cpu", ema=True).to(memory_format=torch.channels_last)
+    net.net = torch.compile(net.net, dynamic=False)
+    sample(net, batch, 0, solver, 2, batch, True)
+    return net
+
+
 def parse_points(args) -> list[tuple[str, int]]:
     """(solver, steps) for every requested point, ordered by solver then steps."""
     points = []
@@ -126,6 +134,8 @@ def main(argv=None) -> None:
     p.add_argument("--speed", default="heun:18,dpmpp2m:12,euler:18", help="solver:steps to time (empty: none)")
     p.add_argument("--speed-images", type=int, default=256)
     p.add_argument("--speed-batches", default="64,256", help="batch sizes timed in bf16 (fp32 at the largest)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time a torch.compile'd channels_last net (bf16, the largest batch)")
     p.add_argument("--plot", default="outputs/bench/sampling_nfe.png", help="where to save the figure")
     p.add_argument("--cache", default="outputs/bench/cache", help="folder for the training set's features")
     args = p.parse_args(argv)
@@ -189,9 +199,11 @@ def main(argv=None) -> None:
         print(f"\nsampling speed, {args.speed_images} images per cell (img/s; 10k images in minutes)")
         for solver, steps in specs:
             cells = [("bf16", b) for b in batches] + [("fp32", max(batches))]
+            cells += [("bf16 compiled", max(batches))] if args.compile else []
             out = []
             for prec, b in cells:
-                _, secs = sample(net, args.speed_images, args.seed, solver, int(steps), b, prec == "bf16")
+                model = compiled_net(ckpt, solver, b) if prec == "bf16 compiled" else net
+                _, secs = sample(model, args.speed_images, args.seed, solver, int(steps), b, prec != "fp32")
                 rate = args.speed_images / secs
                 out.append(f"{prec} b{b}: {rate:5.1f} ({10_000 / rate / 60:.0f} min)")
             print(f"{solver:8} {int(steps):3d} steps, NFE {network_evaluations(solver, int(steps)):3d}: "

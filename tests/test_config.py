@@ -116,6 +116,7 @@ def test_resolved_config_round_trips(tmp_path, repo):
     ({"train": {"ema_halflife_kimg": -1}}, "train.ema_halflife_kimg"),
     ({"train": {"ema_rampup_ratio": -0.05}}, "train.ema_rampup_ratio"),
     ({"train": {"lr_rampup_kimg": -1}}, "train.lr_rampup_kimg"),
+    ({"train": {"lr_decay_kimg": -1}}, "train.lr_decay_kimg"),
     ({"sample": {"num_images": 0}}, "sample.num_images"),
     ({"sample": {"batch_size": 0}}, "sample.batch_size"),
     ({"study": {"trace_patch": 4}}, "study.trace_patch"),

@@ -1,4 +1,4 @@
-"""Training: data order, loss parity with edm_loss, EMA, lr ramp-up, NaN guard, and kill-resume bit-exactness."""
+"""Training: data order, loss parity with edm_loss, EMA, lr ramp-up and decay, NaN guard, kill-resume exactness."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from emojidiff.training.batches import TrainingData, epoch_order, next_indices, 
 from emojidiff.training.checkpoint import read_metrics, sample_grids
 from emojidiff.training.distributed import resolve_precision
 from emojidiff.training.ema import ema_beta, make_ema, update_ema
-from emojidiff.training.train import TrainingDiverged, train_width
+from emojidiff.training.train import TrainingDiverged, learning_rate, train_width
 
 HELPER = Path(__file__).with_name("_train_tiny.py")
 
@@ -92,6 +92,17 @@ def test_training_writes_checkpoints_logs_grids_and_ramps_lr(tmp_path):
         _run(other, RunLayout(tmp_path))
     with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
         assert _run(tiny_config(duration_kimg=0.176, snapshot_kimg=0.08), RunLayout(tmp_path))["steps"] == 22
+
+
+def test_lr_decays_as_the_inverse_square_root_of_kimg_after_the_ramp_up(tmp_path):
+    # EDM2 (Karras et al. 2024) eq. 16: alpha_ref / sqrt(max(t / t_ref, 1)), after our linear ramp-up
+    tc = config_from_dict(tiny_config(lr_rampup_kimg=0.02, lr_decay_kimg=0.04)).train
+    assert [learning_rate(tc, n) for n in (10, 30, 40, 160, 360)] == pytest.approx(
+        [1e-3, 2e-3, 2e-3, 1e-3, 2e-3 / 3])
+    assert learning_rate(replace(tc, lr_decay_kimg=0.0), 10**6) == pytest.approx(2e-3)  # 0: constant
+    s = _run(tiny_config(duration_kimg=0.16, snapshot_kimg=0.08, lr_rampup_kimg=0.02, lr_decay_kimg=0.04),
+             RunLayout(tmp_path))
+    assert read_metrics(s["train_dir"])["lr"].tolist() == pytest.approx([2e-3 / np.sqrt(2), 1e-3])  # 80, 160 img
 
 
 def _poison_loss_at(monkeypatch, step: int) -> dict:

@@ -49,6 +49,7 @@ class TrainConfig:
     batch_size: int = 64  # global batch (split across ranks)
     lr: float = 1e-3  # Adam learning rate after ramp-up
     lr_rampup_kimg: float = 10.0  # linear learning-rate warm-up, thousands of images
+    lr_decay_kimg: float = 0.0  # EDM2's inverse-square-root decay: lr / sqrt(kimg / this) past it (0: constant lr)
     duration_kimg: float = 150.0  # training length, thousands of images
     ema_halflife_kimg: float = 10.0  # EMA half-life, thousands of images
     ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this share of images seen
@@ -261,6 +262,7 @@ def _validate(cfg: Config, source: str) -> None:
         (t.batch_size > 0, "train.batch_size", "must be positive", t.batch_size),
         (t.lr > 0, "train.lr", "must be positive", t.lr),
         (t.lr_rampup_kimg >= 0, "train.lr_rampup_kimg", "must be >= 0", t.lr_rampup_kimg),
+        (t.lr_decay_kimg >= 0, "train.lr_decay_kimg", "must be >= 0 (0: no decay)", t.lr_decay_kimg),
         (t.duration_kimg > 0, "train.duration_kimg", "must be positive", t.duration_kimg),
         (t.ema_halflife_kimg > 0, "train.ema_halflife_kimg", "must be positive", t.ema_halflife_kimg),
         (t.ema_rampup_ratio is None or t.ema_rampup_ratio > 0, "train.ema_rampup_ratio",

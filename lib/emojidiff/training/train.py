@@ -291,12 +291,20 @@ def accumulate_gradients(t: Trainer, batch: dict[str, torch.Tensor]) -> torch.Te
     return loss_sum if t.rounds == 1 else loss_sum / t.rounds
 
 
+def learning_rate(train_cfg, nimg: int) -> float:
+    """Linear ramp-up over lr_rampup_kimg, then constant or EDM2's inverse square root (Karras et al. 2024, eq. 16)."""
+    lr = train_cfg.lr * min(nimg / max(train_cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+    if train_cfg.lr_decay_kimg > 0:
+        lr /= np.sqrt(max(nimg / (train_cfg.lr_decay_kimg * 1000), 1))
+    return float(lr)
+
+
 def update_weights(t: Trainer, state: LoopState, loss: torch.Tensor, nimg_after: int, check: bool,
                    bar) -> torch.Tensor:
-    """Linear lr ramp-up, gradient clipping, the finiteness check when due, then the Adam step; the gradient norm."""
+    """The scheduled lr, gradient clipping, the finiteness check when due, then the Adam step; the gradient norm."""
     train_cfg = t.cfg.train
-    for g in t.optimizer.param_groups:  # linear lr ramp-up over lr_rampup_kimg
-        g["lr"] = train_cfg.lr * min(nimg_after / max(train_cfg.lr_rampup_kimg * 1000, 1e-8), 1)
+    for g in t.optimizer.param_groups:
+        g["lr"] = learning_rate(train_cfg, nimg_after)
     if t.scaler is not None:
         t.scaler.unscale_(t.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(t.net.parameters(),
