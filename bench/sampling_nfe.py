@@ -23,6 +23,7 @@ from emojidiff.data.dataset import dataset_from_config
 from emojidiff.evaluation.copies import reference_set
 from emojidiff.evaluation.metrics import fid_from_features, nearest_mse
 from emojidiff.images import to_uint8
+from emojidiff.model.compiled import compile_for_sampling
 from emojidiff.model.sampler import SOLVERS, generate, network_evaluations
 from emojidiff.training.checkpoint import latest_good_snapshot, load_denoiser, read_meta
 
@@ -72,8 +73,7 @@ def sample(net, n: int, seed: int, solver: str, steps: int, batch: int, bf16: bo
 
 def compiled_net(ckpt: Path, solver: str, batch: int):
     """The EMA net in channels_last with its UNet torch.compile'd, warmed up on one batch (compiling is not timed)."""
-    net = load_denoiser(ckpt, "cpu", ema=True).to(memory_format=torch.channels_last)
-    net.net = torch.compile(net.net, dynamic=False)
+    net = compile_for_sampling(load_denoiser(ckpt, "cpu", ema=True), torch.channels_last)  # as sample.compile
     sample(net, batch, 0, solver, 2, batch, True)
     return net
 

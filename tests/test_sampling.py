@@ -234,3 +234,28 @@ def test_sample_figures_are_returned_not_saved(tmp_path):
     assert isinstance(a, Figure) and isinstance(b, Figure)
     assert [t.get_text() for t in b.axes[0].get_yticklabels()] == ["1 kimg", "2 kimg"]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_compiled_sampling_matches_eager_says_so_and_falls_back_when_compiling_fails(tmp_path, monkeypatch):
+    import json
+
+    layout = RunLayout(tmp_path / "run")
+    snap = make_snapshot(layout.train(16), 0.5, 1)
+    kw = dict(seed=1, device="cpu", precision="fp32", progress=False)
+    eager = sample_checkpoint(snap, tmp_path / "eager", sc(4, 2, 4), **kw)
+    compiled = sample_checkpoint(snap, tmp_path / "compiled", sc(4, 2, 4, compile=True), **kw)
+    with np.load(eager) as e, np.load(compiled) as c:
+        assert "compiled" not in json.loads(str(e["info"])) and json.loads(str(c["info"]))["compiled"] is True
+        # uint8 images of the same ODE: equal up to a rounding step on a few pixels
+        assert np.abs(e["images"].astype(int) - c["images"].astype(int)).max() <= 1
+
+    def broken(module, **kw):  # what torch.compile gives where no C++ compiler is found: fails on the first call
+        def fail(*a, **k):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match=r"sample\.compile: torch\.compile failed .*sampling runs eagerly"):
+        fallback = sample_checkpoint(snap, tmp_path / "fallback", sc(4, 2, 4, compile=True), **kw)
+    with np.load(eager) as e, np.load(fallback) as f:
+        np.testing.assert_array_equal(f["images"], e["images"])

@@ -78,6 +78,7 @@ class SampleConfig:
     S_min: float = 0.0
     S_max: float = float("inf")
     S_noise: float = 1.0
+    compile: bool = False  # torch.compile the UNet for sampling (static shapes; channels_last under bf16 on CPU)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from emojidiff.config import Config, SampleConfig, load_config
 from emojidiff.evaluation.kitchen import write_pair
 from emojidiff.images import make_grid, save_grid
 from emojidiff.layout import RunLayout
+from emojidiff.model.compiled import compile_for_sampling
 from emojidiff.model.sampler import generate
 from emojidiff.runlock import run_lock
 from emojidiff.training import distributed as dist
@@ -28,6 +29,7 @@ from emojidiff.training.checkpoint import (
     remove_orphans,
 )
 from emojidiff.training.distributed import resolve_precision
+from emojidiff.training.train import memory_format
 
 DEFAULT_SOLVER, DEFAULT_GUIDANCE = "heun", 1.0
 _NAME = re.compile(r"kimg(?P<kimg>[0-9.]+)-n(?P<n>\d+)-seed(?P<seed>\d+)-steps(?P<steps>\d+)"
@@ -61,7 +63,8 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, sample: Sa
     Image i's noise is seeded by (seed, i), so sets drawn with other batch sizes or rank counts agree. Under torchrun
     each rank draws a contiguous share and rank 0 writes the file. An existing file is reused unless `overwrite` or
     it was drawn from other weights (its info records the checkpoint's sha256; files without it are redrawn).
-    bf16 autocast follows the training rule (resolve_precision); fp16 GPUs sample in fp32.
+    bf16 autocast follows the training rule (resolve_precision); fp16 GPUs sample in fp32. `sample.compile`
+    compiles the UNet (equal to eager sampling to rounding; a set's info says "compiled").
     """
     if not isinstance(sample, SampleConfig):
         raise TypeError(f"sample must be the profile's SampleConfig (cfg.sample), got {type(sample).__name__}")
@@ -105,6 +108,8 @@ def _sample_into(path: Path, checkpoint, meta: dict, info, sample: SampleConfig,
     amp = resolve_precision(precision, info.device)
     if amp is not None and amp != torch.bfloat16:  # fp16 training (GPUs without bf16): sample in fp32
         amp = None
+    if sample.compile:  # equal to eager sampling to rounding, not bit for bit
+        net = compile_for_sampling(net, memory_format("auto", amp, info.device))
     n = sample.num_images
     per = -(-n // info.world_size)
     start, stop = min(info.rank * per, n), min((info.rank + 1) * per, n)
@@ -117,7 +122,7 @@ def _sample_into(path: Path, checkpoint, meta: dict, info, sample: SampleConfig,
     if info.is_main:
         sample_info = {"checkpoint": str(checkpoint), "checkpoint_sha256": meta["sha256"], "kimg": float(meta["kimg"]),
                        "width": meta.get("width"), "num_images": n, "seed": seed, "num_steps": sample.num_steps,
-                       "sampler": sample.solver, **options,
+                       "sampler": sample.solver, **options, **({"compiled": True} if sample.compile else {}),
                        "precision": "bf16" if amp is not None else "fp32", "world_size": info.world_size}
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphans(path.parent)  # .NAME.tmpPID.npz of killed writers

@@ -21,6 +21,7 @@ from emojidiff.config import Config, ConfigError, TrainConfig, load_config, save
 from emojidiff.data.dataset import measure_sigma_data
 from emojidiff.images import from_uint8, save_grid
 from emojidiff.layout import RunLayout
+from emojidiff.model.compiled import CompiledOrEager
 from emojidiff.model.edm import build_denoiser, edm_loss
 from emojidiff.model.sampler import generate
 from emojidiff.runlock import run_lock
@@ -46,31 +47,6 @@ def memory_format(choice: str, amp_dtype: torch.dtype | None, device: torch.devi
     if choice == "on" or (choice == "auto" and device.type != "cuda" and amp_dtype is not None):
         return torch.channels_last
     return torch.contiguous_format
-
-
-class CompiledOrEager(torch.nn.Module):
-    """torch.compile(module), or `module` itself with one warning when the first compile fails (no C++ compiler)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module  # the eager module: parameters, state_dict and sigma_data as before
-        self.__dict__["compiled"] = torch.compile(module)  # not a submodule: the parameters are registered once
-        self.works: bool | None = None  # unknown until the first call
-
-    def forward(self, *args, **kwargs):
-        if self.works is False:
-            return self.module(*args, **kwargs)
-        try:
-            out = self.compiled(*args, **kwargs)
-        except Exception as exc:  # a failed first compile leaves no state behind: run that call eagerly
-            if self.works:
-                raise
-            self.works = False
-            warnings.warn(f"train.compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); "
-                          "training runs eagerly (slower, same maths)", stacklevel=2)
-            return self.module(*args, **kwargs)
-        self.works = True
-        return out
 
 
 def accumulation(batch: int, batch_gpu: int, info: dist.DistInfo) -> tuple[int, int]:
