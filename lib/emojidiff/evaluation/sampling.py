@@ -64,7 +64,7 @@ def sample_checkpoint(checkpoint: str | Path, out_folder: str | Path, sample: Sa
     each rank draws a contiguous share and rank 0 writes the file. An existing file is reused unless `overwrite` or
     it was drawn from other weights (its info records the checkpoint's sha256; files without it are redrawn).
     bf16 autocast follows the training rule (resolve_precision); fp16 GPUs sample in fp32. `sample.compile`
-    compiles the UNet (equal to eager sampling to rounding; a set's info says "compiled").
+    compiles the UNet (other rounding than eager, which bf16 lets grow along the ODE; a set's info says "compiled").
     """
     if not isinstance(sample, SampleConfig):
         raise TypeError(f"sample must be the profile's SampleConfig (cfg.sample), got {type(sample).__name__}")
@@ -108,7 +108,7 @@ def _sample_into(path: Path, checkpoint, meta: dict, info, sample: SampleConfig,
     amp = resolve_precision(precision, info.device)
     if amp is not None and amp != torch.bfloat16:  # fp16 training (GPUs without bf16): sample in fp32
         amp = None
-    if sample.compile:  # equal to eager sampling to rounding, not bit for bit
+    if sample.compile:  # the same ODE with other rounding: not bit for bit, in bf16 visibly apart on some pixels
         net = compile_for_sampling(net, memory_format("auto", amp, info.device))
     n = sample.num_images
     per = -(-n // info.world_size)
