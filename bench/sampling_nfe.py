@@ -136,6 +136,8 @@ def main(argv=None) -> None:
     p.add_argument("--speed-batches", default="64,256", help="batch sizes timed in bf16 (fp32 at the largest)")
     p.add_argument("--compile", action="store_true",
                    help="also time a torch.compile'd channels_last net (bf16, the largest batch)")
+    p.add_argument("--compiled-points", action="store_true",
+                   help="draw the quality points with the torch.compile'd channels_last net (as sample.compile)")
     p.add_argument("--plot", default="outputs/bench/sampling_nfe.png", help="where to save the figure")
     p.add_argument("--cache", default="outputs/bench/cache", help="folder for the training set's features")
     args = p.parse_args(argv)
@@ -172,6 +174,9 @@ def main(argv=None) -> None:
                                  args.batch_size, False)
         print(f"reference: Heun {args.reference_steps} steps fp32 on {args.reference_images} images, {secs:.0f} s")
 
+    if args.compiled_points and points:
+        net = compiled_net(ckpt, points[0][0], args.batch_size)
+        print("quality points: torch.compile'd channels_last net (sample.compile)")
     rows = []
     header = f"{'solver':8} {'steps':>5} {'NFE':>4} {'FID':>7} {'MeanMSE':>8} {'ref RMS':>8} {'img/s':>6}"
     print(header)
