@@ -144,14 +144,15 @@ def test_the_transition_profile_runs_the_ladder_and_only_notebook_08(repo):
 
 
 
-def test_the_small_n_profile_differs_from_the_ladder_only_in_its_sizes_and_budgets(repo):
-    full, small = (load_config(repo / f"params/{n}.yaml").to_dict() for n in ("transition", "transition-small-n"))
+@pytest.mark.parametrize("profile, ladder", [("transition-small-n", [16, 64]), ("transition-n64-long", [64])])
+def test_the_longer_transition_profiles_differ_from_the_ladder_only_in_their_sizes_and_budgets(repo, profile, ladder):
+    full, small = (load_config(repo / f"params/{n}.yaml").to_dict() for n in ("transition", profile))
     # a longer-trained small end is comparable with the full ladder only if nothing else changed
     for cfg in (full, small):
         cfg.pop("name")
         cfg["transition"].pop("ladder"), cfg["transition"].pop("duration_kimg")
     assert small == full
-    assert load_config(repo / "params/transition-small-n.yaml").transition.ladder == [16, 64]
+    assert load_config(repo / f"params/{profile}.yaml").transition.ladder == ladder
 
 
 # --- the driver, on the smoke dataset ---
