@@ -215,7 +215,7 @@ def test_run_transition_trains_samples_scores_and_resumes(smoke, tmp_path):
     samples = st.load_samples(layout, cfg, 2)
     assert samples["a"].shape == samples["b"].shape == (4, 32, 32, 3)
     assert "critical N" in st.critical(table)["text"] or "no transition" in st.critical(table)["text"]
-    for fig in (st.plot_transition(table), st.plot_mean_mse(table),
+    for fig in (st.plot_transition(table), st.plot_mean_mse(table), st.plot_by_epochs(table),
                 st.plot_galleries({2: samples, top: st.load_samples(layout, cfg, top)}, seeds=4)):
         assert fig.axes
 
@@ -229,6 +229,19 @@ def test_model_config_is_unconditional_with_the_requested_snapshots(smoke):
     assert m.train.duration_kimg == 10.0 and m.train.snapshot_kimg == pytest.approx(2.0)
     assert m.train.max_snapshots > 5  # no snapshot thinned away
     assert m.seed == cfg.seed and m.train.lr == cfg.train.lr  # same hyper-parameters for both models
+
+
+def test_by_epochs_orders_snapshots_and_scales_by_each_ns_memorisers():
+    table = pd.DataFrame({"N": [128, 64, 64, 128], "kimg": [144.0, 72.0, 36.0, 72.0],
+                          "epochs": [1125.0, 1125.0, 563.0, 563.0], "disagreement_ratio": [0.3, 0.5, 0.3, 0.2],
+                          "disagreement_se": [0.01, 0.02, 0.03, 0.04], "random_pair_mse": [0.1] * 4,
+                          "copy_own": [0.0, 0.05, 0.0, 0.0], "copy_other": [0.0] * 4, "mean_mse": [0.03] * 4,
+                          "memoriser_disagreement_ratio": [0.75, 0.84, 0.84, 0.75]})
+    rows = st.by_epochs(table)
+    assert rows[["N", "epochs"]].values.tolist() == [[64, 563], [64, 1125], [128, 563], [128, 1125]]
+    assert rows["ratio_se"].tolist() == pytest.approx([0.3, 0.2, 0.4, 0.1])  # s.e. of the ratio: se / random MSE
+    assert rows["of_memoriser"].tolist() == pytest.approx([0.3 / 0.84, 0.5 / 0.84, 0.2 / 0.75, 0.3 / 0.75])
+    assert "of_memoriser" not in st.by_epochs(table.drop(columns="memoriser_disagreement_ratio"))
 
 
 def test_critical_measures_the_ratio_against_the_perfect_copiers_at_each_n():

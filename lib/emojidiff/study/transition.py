@@ -178,6 +178,43 @@ def critical(table: pd.DataFrame, level: float = 0.5) -> dict:
     return found
 
 
+def by_epochs(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (N, snapshot) in increasing epochs: the disagreement ratio with its s.e., the same relative to the
+    ideal memorisers' at that N (where the table has them), and the own-subset copy rate. Memorising is a matter of
+    epochs as much as of N, so sizes are compared here at matched epochs, not at their last snapshots."""
+    out = table[["N", "kimg", "epochs", "disagreement_ratio", "copy_own", "copy_other", "mean_mse"]].copy()
+    out["ratio_se"] = table["disagreement_se"] / table["random_pair_mse"]
+    if "memoriser_disagreement_ratio" in table:
+        out["of_memoriser"] = table["disagreement_ratio"] / table["memoriser_disagreement_ratio"]
+    return out.sort_values(["N", "epochs"]).reset_index(drop=True)
+
+
+def plot_by_epochs(table: pd.DataFrame):
+    """Disagreement ratio (+-2 s.e.) and own-subset copy rate against epochs, one line per N; dotted: each N's ideal
+    memorisers (the ratio a perfect copier reaches)."""
+    import matplotlib.pyplot as plt
+
+    rows = by_epochs(table)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (n, r) in enumerate(rows.groupby("N")):
+        colour = f"C{i}"
+        ax.errorbar(r["epochs"], r["disagreement_ratio"], yerr=2 * r["ratio_se"], marker="o", capsize=3,
+                    color=colour, label=f"N={n}")
+        if "memoriser_disagreement_ratio" in table:
+            ax.axhline(table.loc[table["N"] == n, "memoriser_disagreement_ratio"].iloc[0], color=colour, ls=":",
+                       lw=1)
+        ax2.plot(r["epochs"], r["copy_own"], marker="o", color=colour, label=f"N={n}, own subset")
+        ax2.plot(r["epochs"], r["copy_other"], marker="x", ls="--", color=colour, label=f"N={n}, other's subset")
+    ax.set(xlabel="epochs (images seen / N)", ylabel="MSE(model A, model B) / random pairs", ylim=(0, None),
+           title="Disagreement over training (dotted: ideal memorisers)")
+    ax2.set(xlabel="epochs (images seen / N)", ylabel="share of samples", ylim=(-0.02, 1.02),
+            title="Copy rates (mean of the two models)")
+    for a in (ax, ax2):
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_mean_mse(table: pd.DataFrame):
     """MeanMSE against its own subset over training, one line per N (mean of the two models)."""
     import matplotlib.pyplot as plt
