@@ -91,27 +91,28 @@ def parse_points(args) -> list[tuple[str, int]]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """FID and reference distance against NFE, one line per solver."""
+    """FID, MeanMSE and reference distance against NFE, one line per solver; a panel with no values is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for solver in SOLVERS:
-        rs = [r for r in rows if r["solver"] == solver]
-        if not rs:
-            continue
-        nfe = [r["nfe"] for r in rs]
-        for ax, key in zip(axes, ("fid", "mean_mse", "ref_rmse")):
-            ax.plot(nfe, [r[key] for r in rs], "o-", label=solver)
-    for ax, title in zip(axes, ("Inception FID vs training set", "MeanMSE (nearest training image)",
-                                "RMS distance to the reference ODE solution")):
+    panels = [(key, title) for key, title in (("fid", "Inception FID vs training set"),
+                                              ("mean_mse", "MeanMSE (nearest training image)"),
+                                              ("ref_rmse", "RMS distance to the reference ODE solution"))
+              if any(np.isfinite(r[key]) for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for solver in SOLVERS:
+            rs = sorted((r for r in rows if r["solver"] == solver), key=lambda r: r["nfe"])
+            if rs:
+                ax.plot([r["nfe"] for r in rs], [r[key] for r in rs], "o-", label=solver)
         ax.set_xlabel("network evaluations per image")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[2].set_yscale("log")
+        if key == "ref_rmse":
+            ax.set_yscale("log")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -73,3 +73,25 @@ def test_evaluate_writes_finite_metrics_for_every_snapshot(tiny_run):
         assert math.isfinite(df[col].iloc[0]), col
     assert 0.0 < df["mean_mse"].iloc[0] < 4.0  # [-1, 1] scale: a MSE lies in [0, 4]
     assert json.loads((out / "metrics" / "metrics_notes.json").read_text())["num_images"] == 8
+
+
+@pytest.mark.parametrize("reference_steps", [0, 2])
+def test_the_sampling_benchmark_scores_each_solver_and_plots_only_measured_panels(tiny_run, repo, reference_steps):
+    params, out = tiny_run
+    plot = out.parent / f"nfe-{reference_steps}.png"
+    args = [sys.executable, str(repo / "bench" / "sampling_nfe.py"), str(out), "--params", str(params),
+            "--no-inception", "--num-images", "4", "--batch-size", "4", "--heun", "2", "--euler", "2,3",
+            "--dpmpp2m", "2", "--reference-steps", str(reference_steps), "--reference-images", "4",
+            "--speed", "", "--plot", str(plot)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=out.parent, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["heun"], ["euler"], ["dpmpp2m"])]
+    assert [(r[0], int(r[1]), int(r[2])) for r in rows] == [("heun", 2, 3), ("euler", 2, 2), ("euler", 3, 3),
+                                                             ("dpmpp2m", 2, 2)]  # solver, steps, NFE
+    assert all(r[3] == "nan" for r in rows)  # no Inception: FID not computed
+    assert all((r[5] == "nan") == (reference_steps == 0) for r in rows)  # reference distance only with a reference
+    from PIL import Image
+
+    width = Image.open(plot).size[0]  # one panel per measured quantity: MeanMSE, plus the distance with a reference
+    assert width == pytest.approx(120 * 4.7 * (1 + (reference_steps > 0)), abs=2)
