@@ -95,3 +95,25 @@ def test_the_sampling_benchmark_scores_each_solver_and_plots_only_measured_panel
 
     width = Image.open(plot).size[0]  # one panel per measured quantity: MeanMSE, plus the distance with a reference
     assert width == pytest.approx(120 * 4.7 * (1 + (reference_steps > 0)), abs=2)
+
+
+def test_posthoc_ema_rebuilds_a_power_ema_run_and_refuses_others_by_name(tiny_run, tmp_path):
+    params, out = tiny_run
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    half_life = subprocess.run([EXE, "posthoc-ema", str(out / "train" / "w16"), "--std", "0.05"], capture_output=True,
+                               text=True, env=env, timeout=300)
+    assert half_life.returncode == 1 and "ema_std" in half_life.stderr
+    bad = subprocess.run([EXE, "posthoc-ema", str(out / "train" / "w16"), "--std", "0.5"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "--std must be in (0, 0.2887), got 0.5" in bad.stderr
+
+    profile = yaml.safe_load(params.read_text())
+    profile["train"].update(ema_std=0.1, duration_kimg=0.064)
+    power = tmp_path / "power.yaml"
+    power.write_text(yaml.safe_dump(profile))
+    _cli("train", "--params", str(power), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    text = _cli("posthoc-ema", str(tmp_path / "run" / "train" / "w16"), "--std", "0.05", "0.1", cwd=tmp_path)
+    assert "from 2 snapshots" in text
+    files = sorted((tmp_path / "run" / "train" / "w16" / "posthoc").glob("ema-*-std*.json"))
+    assert [json.loads(f.read_text())["posthoc"]["std"] for f in files] == [0.05, 0.1]
+    assert json.loads(files[1].read_text())["posthoc"]["rel_error"] < 1e-9  # 0.1 is the trained profile

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emojidiff.training.ema import ema_beta, make_ema, update_ema
+from emojidiff.training.ema import ema_beta, make_ema, power_beta, power_gamma, power_std, update_ema
 
 
 def test_beta_halves_the_old_weights_every_half_life_of_images():
@@ -57,3 +57,22 @@ def test_update_is_beta_old_plus_one_minus_beta_new_and_copies_buffers(beta):
     for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
         assert torch.equal(b_ema, b_net)  # running statistics are copied, not averaged
     assert not math.isclose(float(ema[1].running_mean.abs().sum()), 0.0)
+
+
+def test_power_gamma_matches_edm2_values_and_inverts_power_std():
+    # Karras et al. 2024, Sec. 3.1: sigma_rel 0.10 and 0.05 are gamma 6.94 and 16.97
+    assert power_gamma(0.10) == pytest.approx(6.94, abs=0.01)
+    assert power_gamma(0.05) == pytest.approx(16.97, abs=0.01)
+    for std in (0.01, 0.05, 0.2, 0.28):
+        assert power_std(power_gamma(std)) == pytest.approx(std, rel=1e-9)
+    with pytest.raises(ValueError, match="0.3"):
+        power_gamma(0.3)
+
+
+def test_power_beta_copies_at_the_first_step_and_averages_in_proportion_to_t_to_the_gamma():
+    assert power_beta(1, 6.94) == 0.0
+    # gamma = 0 is the plain running mean: beta_t = 1 - 1/t
+    values, ema = [3.0, 5.0, 10.0, -2.0], 0.0
+    for t, v in enumerate(values, start=1):
+        ema = power_beta(t, 0.0) * ema + (1 - power_beta(t, 0.0)) * v
+    assert ema == pytest.approx(sum(values) / len(values))

@@ -459,13 +459,34 @@ def test_old_checkpoints_resume_without_warning_about_keys_added_since(tmp_path)
     _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), part)
     (js,) = (tmp_path / "train" / "w8").glob("ckpt-*.json")
     meta = json.loads(js.read_text())
-    for key in ("batch_gpu", "channels_last", "deterministic"):  # as written before these keys existed
+    for key in ("batch_gpu", "channels_last", "deterministic", "ema_std", "adam_beta2"):  # before these keys
         del meta["train"][key]
+    del meta["model"]["architecture"]
     meta["train"]["num_workers"] = 0
     js.write_text(json.dumps(meta))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), part)["steps"] == 5
+
+
+def test_an_edm2_power_ema_run_resumes_bit_for_bit_with_its_weights_kept_at_unit_norm(tmp_path):
+    def edm2(duration):
+        cfg = tiny_config(duration_kimg=duration, precision="bf16", ema_std=0.1, adam_beta2=0.99, lr=1e-2)
+        cfg["model"]["architecture"] = "edm2"
+        return cfg
+
+    full = _run(edm2(0.08), RunLayout(tmp_path / "full"))
+    part = RunLayout(tmp_path / "part")
+    _run(edm2(0.04), part)
+    with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
+        resumed = _run(edm2(0.08), part)
+    assert resumed["net_sha256"] == full["net_sha256"] and resumed["ema_sha256"] == full["ema_sha256"]
+    net = ckpt.load_denoiser(full["train_dir"], ema=False).net
+    assert isinstance(net, emojidiff.EDM2UNet) and abs(float(net.out_gain)) > 0  # it trained
+    for name, w in net.named_parameters():
+        if w.ndim >= 2:  # every MPConv weight: unit RMS per output channel after the last step (forced WN)
+            rms = w.pow(2).mean(dim=tuple(range(1, w.ndim)))
+            assert torch.allclose(rms, torch.ones_like(rms), atol=1e-3), name
 
 
 def _conditional_data(n: int = 24, faces: int = 4) -> TrainingData:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "emojidiff.data.fusion": ["FusionError", "analyse_face", "fuse"],
     # model
     "emojidiff.model.edm": ["EDMPrecond", "build_denoiser", "edm_loss"],
+    "emojidiff.model.edm2_unet": ["EDM2UNet"],
     "emojidiff.model.sampler": ["euler_sample", "generate", "heun_sample", "karras_sigmas"],
     "emojidiff.model.unet": ["UNet", "count_parameters"],
     # training

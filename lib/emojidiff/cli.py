@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "train": "emojidiff.training.train",
     "sample": "emojidiff.evaluation.sampling",
     "evaluate": "emojidiff.evaluation.evaluate",
+    "posthoc-ema": "emojidiff.training.posthoc_ema",
 }
 DEBUG_ENV = "EMOJIDIFF_DEBUG"  # =1: show tracebacks of user errors, like --debug
 

@@ -42,6 +42,7 @@ class ModelConfig:
     label_slots: int = 2  # labels per image when conditioned (a fusion has two faces)
     label_dropout: float = 0.0  # share of training labels dropped to null, for guidance
     conditional: bool = False  # condition on (parent A, parent B); label_dim then becomes the number of faces
+    architecture: str = "ddpmpp"  # "ddpmpp" (EDM's DDPM++ UNet) or "edm2" (EDM2's magnitude-preserving UNet)
 
 
 @dataclass
@@ -53,6 +54,8 @@ class TrainConfig:
     duration_kimg: float = 150.0  # training length, thousands of images
     ema_halflife_kimg: float = 10.0  # EMA half-life, thousands of images
     ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this share of images seen
+    ema_std: float = 0.0  # > 0: EDM2's power-function EMA of this relative std instead of the half-life EMA
+    adam_beta2: float = 0.999  # Adam's second-moment decay (EDM 0.999, EDM2 0.99)
     xflip: bool = True  # horizontal-flip augmentation
     P_mean: float = -1.2  # training noise distribution, ln(sigma) ~ N(P_mean, P_std^2)
     P_std: float = 1.2
@@ -257,6 +260,8 @@ def _validate(cfg: Config, source: str) -> None:
          m.sigma_data),
         (m.embedding in ("positional", "fourier"), "model.embedding", "must be 'positional' or 'fourier'",
          m.embedding),
+        (m.architecture in ("ddpmpp", "edm2"), "model.architecture", "must be 'ddpmpp' or 'edm2'",
+         m.architecture),
         (m.label_dim >= 0, "model.label_dim", "must be >= 0", m.label_dim),
         (m.label_slots >= 1, "model.label_slots", "must be >= 1", m.label_slots),
         (0.0 <= m.label_dropout < 1.0, "model.label_dropout", "must be in [0, 1)", m.label_dropout),
@@ -268,6 +273,9 @@ def _validate(cfg: Config, source: str) -> None:
         (t.ema_halflife_kimg > 0, "train.ema_halflife_kimg", "must be positive", t.ema_halflife_kimg),
         (t.ema_rampup_ratio is None or t.ema_rampup_ratio > 0, "train.ema_rampup_ratio",
          "must be positive (or null: no ramp-up)", t.ema_rampup_ratio),
+        (0 <= t.ema_std < 0.2887, "train.ema_std", "must be in [0, 0.2887) (0: half-life EMA; EDM2 used 0.05-0.15)",
+         t.ema_std),
+        (0 < t.adam_beta2 < 1, "train.adam_beta2", "must be in (0, 1)", t.adam_beta2),
         (t.P_std > 0, "train.P_std", "must be positive", t.P_std),
         (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: off)", t.grad_clip),
         (t.snapshot_kimg > 0, "train.snapshot_kimg", "must be positive", t.snapshot_kimg),

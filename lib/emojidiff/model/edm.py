@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emojidiff.model.edm2_unet import EDM2UNet
 from emojidiff.model.unet import UNet
 
 
@@ -84,16 +85,15 @@ def build_denoiser(model_cfg, width: int, img_resolution: int, sigma_data: float
     sigma_data = sigma_data if sigma_data is not None else model_cfg.sigma_data
     if sigma_data is None:
         raise ValueError("sigma_data is None as argument and in the model config: measure it on the data")
-    net = UNet(
-        img_resolution=img_resolution,
-        model_channels=width,
-        channel_mult=tuple(model_cfg.channel_mult),
-        num_blocks=model_cfg.num_blocks,
-        attn_resolutions=tuple(model_cfg.attn_resolutions),
-        dropout=model_cfg.dropout,
-        embedding=model_cfg.embedding,
-        label_dim=model_cfg.label_dim,
-        label_slots=model_cfg.label_slots,
-        label_dropout=model_cfg.label_dropout,
-    )
+    shared = dict(img_resolution=img_resolution, model_channels=width, channel_mult=tuple(model_cfg.channel_mult),
+                  num_blocks=model_cfg.num_blocks, attn_resolutions=tuple(model_cfg.attn_resolutions),
+                  dropout=model_cfg.dropout, label_dim=model_cfg.label_dim, label_slots=model_cfg.label_slots,
+                  label_dropout=model_cfg.label_dropout)
+    architecture = getattr(model_cfg, "architecture", "ddpmpp")
+    if architecture == "edm2":  # EDM2's magnitude-preserving net; its c_noise embedding is always Fourier
+        net = EDM2UNet(**shared)
+    elif architecture == "ddpmpp":
+        net = UNet(embedding=model_cfg.embedding, **shared)
+    else:
+        raise ValueError(f"model.architecture must be 'ddpmpp' or 'edm2', got {architecture!r}")
     return EDMPrecond(net, sigma_data=sigma_data)

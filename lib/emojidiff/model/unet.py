@@ -24,6 +24,18 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=min(32, max(channels // 4, 1)), num_channels=channels, eps=1e-6)
 
 
+def one_hot_labels(labels: torch.Tensor, label_dim: int, label_slots: int) -> torch.Tensor:
+    """Integer labels (N,) or (N, label_slots), -1 = null, to concatenated one-hots; floats pass as is."""
+    if labels.is_floating_point():
+        return labels
+    labels = labels.reshape(labels.shape[0], -1)
+    if labels.shape[1] != label_slots or labels.max() >= label_dim or labels.min() < -1:
+        raise ValueError(f"labels must be (N, {label_slots}) ints in [-1, {label_dim}), "
+                         f"got shape {tuple(labels.shape)} range [{labels.min()}, {labels.max()}]")
+    onehot = F.one_hot(labels.clamp(min=0), label_dim) * (labels >= 0)[..., None]
+    return onehot.reshape(labels.shape[0], -1).float()
+
+
 class PositionalEmbedding(nn.Module):
     """Transformer sinusoidal embedding of the scalar c_noise (DDPM++'s "positional" embedding)."""
 
@@ -164,14 +176,7 @@ class UNet(nn.Module):
 
     def embed_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Integer labels (N,) or (N, label_slots), -1 = null, to concatenated one-hots; floats pass as is."""
-        if labels.is_floating_point():
-            return labels
-        labels = labels.reshape(labels.shape[0], -1)
-        if labels.shape[1] != self.label_slots or labels.max() >= self.label_dim or labels.min() < -1:
-            raise ValueError(f"labels must be (N, {self.label_slots}) ints in [-1, {self.label_dim}), "
-                             f"got shape {tuple(labels.shape)} range [{labels.min()}, {labels.max()}]")
-        onehot = F.one_hot(labels.clamp(min=0), self.label_dim) * (labels >= 0)[..., None]
-        return onehot.reshape(labels.shape[0], -1).float()
+        return one_hot_labels(labels, self.label_dim, self.label_slots)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, labels: torch.Tensor | None = None):
         emb = self.map_noise(noise_labels.reshape(-1).expand(x.shape[0]))

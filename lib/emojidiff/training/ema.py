@@ -1,9 +1,11 @@
-"""Exponential moving average of the weights by half-life in images, with EDM's ramp-up (training_loop.py)."""
+"""Exponential moving averages of the weights: by half-life in images with EDM's ramp-up (training_loop.py), or
+EDM2's power function of training time."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 
 
@@ -38,3 +40,25 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
             p_ema.copy_(p_net.lerp(p_ema, beta))
     for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
         b_ema.copy_(b_net)
+
+
+# EDM2's power-function EMA (Karras et al. 2024, Sec. 3.1): theta_hat(t) averages theta over [0, t] with weight
+# proportional to tau^gamma, so its length scales with training time; its relative std names it.
+
+def power_std(gamma: float) -> float:
+    """The relative std sigma_rel of the power-function EMA profile of exponent gamma (eq. 3)."""
+    return float(np.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3))))
+
+
+def power_gamma(std: float) -> float:
+    """The exponent gamma >= 0 whose profile has relative std `std`: the cubic sigma^2 (g+2)^2 (g+3) = g+1."""
+    if not 0 < std < power_std(0.0):
+        raise ValueError(f"power-function EMA std must be in (0, {power_std(0.0):.4f}), got {std!r}")
+    s2 = std**2
+    roots = np.roots([1.0, 7.0, 16.0 - 1 / s2, 12.0 - 1 / s2])
+    return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
+
+
+def power_beta(step: int, gamma: float) -> float:
+    """Per-step decay after update number `step` (1-based): beta_t = (1 - 1/t)^(gamma + 1) (Algorithm 2 of EDM2)."""
+    return (1 - 1 / step) ** (gamma + 1)

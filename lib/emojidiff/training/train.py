@@ -23,12 +23,13 @@ from emojidiff.images import from_uint8, save_grid
 from emojidiff.layout import RunLayout
 from emojidiff.model.compiled import CompiledOrEager
 from emojidiff.model.edm import build_denoiser, edm_loss
+from emojidiff.model.edm2_unet import force_weight_norm
 from emojidiff.model.sampler import generate
 from emojidiff.runlock import run_lock
 from emojidiff.training import checkpoint as ckpt
 from emojidiff.training import distributed as dist
 from emojidiff.training.batches import TrainingData, conditioned, next_indices, seed_ints, training_data
-from emojidiff.training.ema import ema_beta, make_ema, update_ema
+from emojidiff.training.ema import ema_beta, make_ema, power_beta, power_gamma, update_ema
 
 GRID_IMAGES = 64  # EMA samples drawn at each snapshot, fixed seeds
 GRID_SEED = 123456
@@ -76,9 +77,11 @@ def _clear(train_dir: Path) -> None:
 def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
     """Refuse to resume with another architecture, dataset or seed; note changed training settings."""
     now = cfg.to_dict()
+    added = {"model": {"architecture": "ddpmpp"}}  # keys added since older checkpoints, at their defaults then
     for key in ("model", "data"):
         ignore = ("widths", "gallery_size")  # what does not change this width's training
-        old, new = ({k: v for k, v in d.items() if k not in ignore} for d in (meta.get(key), now[key]))
+        old, new = ({k: v for k, v in d.items() if k not in ignore}
+                    for d in ({**added.get(key, {}), **meta.get(key)}, now[key]))
         if old != new:
             diff = sorted(k for k in new if old.get(k) != new[k])
             raise ckpt.CheckpointError(f"{meta['_json']}: trained with other {key} settings ({', '.join(diff)}); "
@@ -211,7 +214,8 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
     net = net.to(memory_format=fmt)
     ema = make_ema(net)
     fused = {"fused": True} if info.device.type == "cuda" else {}  # one kernel for the whole Adam update
-    optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8, **fused)
+    optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, betas=(0.9, train_cfg.adam_beta2), eps=1e-8,
+                                 **fused)
     # noise, sigma and flips: a CPU generator on CPU (as always, bitwise), drawn on the GPU there
     noise_rng = torch.Generator(info.device if info.device.type == "cuda" else "cpu")
     noise_rng.manual_seed(seed_ints(cfg.seed, width, 2))
@@ -295,6 +299,7 @@ def update_weights(t: Trainer, state: LoopState, loss: torch.Tensor, nimg_after:
         t.scaler.update()
     else:
         t.optimizer.step()
+    force_weight_norm(t.net)  # EDM2 nets: weights back at unit norm (eq. 67); nothing to do for DDPM++
     return grad_norm
 
 
@@ -446,8 +451,11 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, data:
         grad_norm = update_weights(t, state, loss, nimg_after, check, bar)
 
         # Update EMA.
-        update_ema(t.ema, t.net, ema_beta(state.nimg, batch_size, train_cfg.ema_halflife_kimg,
-                                          train_cfg.ema_rampup_ratio))
+        if train_cfg.ema_std > 0:  # EDM2's power function of the step count
+            beta = power_beta(state.step + 1, power_gamma(train_cfg.ema_std))
+        else:
+            beta = ema_beta(state.nimg, batch_size, train_cfg.ema_halflife_kimg, train_cfg.ema_rampup_ratio)
+        update_ema(t.ema, t.net, beta)
         state.step, state.nimg = state.step + 1, nimg_after
         state.wall_s += time.perf_counter() - t_step
         bar.update(batch_size)
