@@ -1,4 +1,5 @@
-"""The `data`, `train`, `sample` and `evaluate` subcommands end to end, each as its own process on a tiny profile."""
+"""The `data`, `train`, `sample`, `evaluate` and `posthoc-ema` subcommands end to end, each as its own process on
+a tiny profile."""
 
 import json
 import math

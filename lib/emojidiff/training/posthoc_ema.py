@@ -9,6 +9,7 @@ limit, so a target equal to a saved snapshot is reproduced exactly.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def reconstruct(train_dir: str | Path, std: float, at_step: int | None = None) -
     x, rel_error = solve_coefficients([s for s, _, _ in usable], [g for _, g, _ in usable], at_step,
                                       power_gamma(std))
 
-    # Combine the snapshots' tensors with the coefficients (float64 sums, stored in each tensor's dtype).
+    # Combine the snapshots' tensors with the coefficients (float64 sums, stored as float32 like the EMA).
     combined = {}
     for coef, (_, _, path) in zip(x, usable, strict=True):
         tensors, _ = ckpt.load(path)
@@ -89,8 +90,6 @@ def reconstruct(train_dir: str | Path, std: float, at_step: int | None = None) -
 
 
 def _std(text: str) -> float:
-    import argparse
-
     value = float(text)
     if not 0 < value < power_std(0.0):
         raise argparse.ArgumentTypeError(f"--std must be in (0, {power_std(0.0):.4f}), got {text}")
