@@ -117,6 +117,8 @@ def test_resolved_config_round_trips(tmp_path, repo):
     ({"train": {"ema_rampup_ratio": -0.05}}, "train.ema_rampup_ratio"),
     ({"train": {"lr_rampup_kimg": -1}}, "train.lr_rampup_kimg"),
     ({"train": {"lr_decay_kimg": -1}}, "train.lr_decay_kimg"),
+    ({"train": {"ema_std_extra": 0.1}}, "train.ema_std_extra"),  # without a power EMA to pair with
+    ({"train": {"ema_std": 0.1, "ema_std_extra": 0.1}}, "train.ema_std_extra"),  # the same profile twice
     ({"sample": {"num_images": 0}}, "sample.num_images"),
     ({"sample": {"batch_size": 0}}, "sample.batch_size"),
     ({"study": {"trace_patch": 4}}, "study.trace_patch"),

@@ -12,8 +12,8 @@ from _train_tiny import synthetic_images, tiny_config
 from emojidiff.config import config_from_dict
 from emojidiff.layout import RunLayout
 from emojidiff.training import checkpoint as ckpt
-from emojidiff.training.ema import power_beta, power_gamma
-from emojidiff.training.posthoc_ema import power_weights, reconstruct, solve_coefficients
+from emojidiff.training.ema import power_beta, power_gamma, power_std
+from emojidiff.training.posthoc_ema import power_weights, reconstruct, snapshot_profiles, solve_coefficients
 from emojidiff.training.train import train_width
 
 
@@ -57,8 +57,22 @@ def test_reconstruction_from_two_profiles_approximates_a_third_on_a_random_walk(
     assert np.abs(rebuilt - truth).max() < 0.2 * spread
 
 
+def test_a_second_stored_profile_fits_a_target_between_them_far_better_than_one():
+    steps = list(range(100, 1601, 100))  # 16 snapshots, as the cpu-edm2 bench run kept
+    short, long, target = power_gamma(0.03), power_gamma(0.10), power_gamma(0.05)
+    _, one = solve_coefficients(steps, [short] * 16, 1600, target)
+    _, two = solve_coefficients(steps * 2, [short] * 16 + [long] * 16, 1600, target)
+    assert one > 0.1 and two < one / 5
+
+
+def test_thinning_keeps_each_second_ema_beside_its_snapshot(tmp_path):
+    train_dir = _train_power_ema(tmp_path, ema_std_extra=0.05, snapshot_kimg=0.04, max_snapshots=3)
+    emas, pemas = (sorted(p.name for p in train_dir.glob(f"{prefix}-*.json")) for prefix in ("ema", "pema"))
+    assert len(emas) <= 3 and pemas == ["p" + n for n in emas]
+
+
 def _train_power_ema(tmp_path, **train):
-    cfg = config_from_dict(tiny_config(ema_std=0.1, **train))
+    cfg = config_from_dict(tiny_config(**{"ema_std": 0.1, **train}))
     torch.set_num_threads(1)
     train_width(cfg, RunLayout(tmp_path), 8, images=synthetic_images(), progress=False)
     return RunLayout(tmp_path).train(8)
@@ -80,6 +94,17 @@ def test_a_power_ema_run_rebuilds_its_own_snapshot_and_writes_a_loadable_shorter
     x = torch.randn(2, 3, 32, 32)
     assert torch.isfinite(den(x, torch.ones(2))).all()
     assert json.loads(shorter.read_text())["posthoc"]["std"] == 0.05
+
+
+def test_a_run_with_two_profiles_rebuilds_the_second_exactly_from_both(tmp_path):
+    train_dir = _train_power_ema(tmp_path, ema_std_extra=0.05)
+    profiles = snapshot_profiles(train_dir)
+    assert sorted(round(power_std(g), 6) for _, g, _ in profiles) == [0.05, 0.05, 0.1, 0.1]
+    pema, _ = ckpt.load(ckpt.list_snapshots(train_dir, "pema")[-1][1])
+    rebuilt, info = ckpt.load(reconstruct(train_dir, 0.05))
+    assert info["posthoc"]["rel_error"] < 1e-9 and sorted(info["posthoc"]["from_stds"]) == [0.05, 0.05, 0.1, 0.1]
+    for k, v in pema.items():
+        assert torch.allclose(rebuilt[k].float(), v.float(), atol=1e-6), k
 
 
 def test_half_life_snapshots_are_refused_with_the_reason(tmp_path):

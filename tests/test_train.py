@@ -459,7 +459,7 @@ def test_old_checkpoints_resume_without_warning_about_keys_added_since(tmp_path)
     _run(tiny_config(duration_kimg=0.04, checkpoint_kimg=0.04, snapshot_kimg=0.04), part)
     (js,) = (tmp_path / "train" / "w8").glob("ckpt-*.json")
     meta = json.loads(js.read_text())
-    for key in ("batch_gpu", "channels_last", "deterministic", "ema_std", "adam_beta2"):  # before these keys
+    for key in ("batch_gpu", "channels_last", "deterministic", "ema_std", "ema_std_extra", "adam_beta2"):
         del meta["train"][key]
     del meta["model"]["architecture"]
     meta["train"]["num_workers"] = 0
@@ -487,6 +487,32 @@ def test_an_edm2_power_ema_run_resumes_bit_for_bit_with_its_weights_kept_at_unit
         if w.ndim >= 2:  # every MPConv weight: unit RMS per output channel after the last step (forced WN)
             rms = w.pow(2).mean(dim=tuple(range(1, w.ndim)))
             assert torch.allclose(rms, torch.ones_like(rms), atol=1e-3), name
+
+
+def test_a_second_power_ema_resumes_bit_for_bit_and_is_not_grown_on_a_run_without_one(tmp_path):
+    def two_emas(duration, **train):
+        return tiny_config(duration_kimg=duration, snapshot_kimg=0.04, ema_std=0.1, **train)
+
+    def last_pema(summary):
+        return load_file(sorted(Path(summary["train_dir"]).glob("pema-*.safetensors"))[-1])
+
+    full = _run(two_emas(0.08, ema_std_extra=0.05), RunLayout(tmp_path / "full"))
+    part = RunLayout(tmp_path / "part")
+    _run(two_emas(0.04, ema_std_extra=0.05), part)
+    with pytest.warns(UserWarning, match="changed train settings: duration_kimg"):
+        resumed = _run(two_emas(0.08, ema_std_extra=0.05), part)
+    assert resumed["net_sha256"] == full["net_sha256"] and resumed["ema_sha256"] == full["ema_sha256"]
+    a, b = last_pema(full), last_pema(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    main = load_file(sorted(Path(full["train_dir"]).glob("ema-*.safetensors"))[-1])
+    assert any(not torch.equal(a[k], main[k]) for k in a)  # a different average of the same weights
+    pemas = sorted(p.name for p in Path(full["train_dir"]).glob("pema-*.json"))
+    assert pemas == ["p" + p.name for p in sorted(Path(full["train_dir"]).glob("ema-*.json"))]
+
+    plain = RunLayout(tmp_path / "plain")
+    _run(two_emas(0.04), plain)
+    with pytest.raises(ckpt.CheckpointError, match="ema_std_extra 0.0, not 0.05"):  # its past would be unknown
+        _run(two_emas(0.08, ema_std_extra=0.05), plain)
 
 
 def _conditional_data(n: int = 24, faces: int = 4) -> TrainingData:

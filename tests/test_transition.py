@@ -145,7 +145,7 @@ def test_the_transition_profile_runs_the_ladder_and_only_notebook_08(repo):
 
 
 @pytest.mark.parametrize("profile, ladder", [("transition-small-n", [16, 64]), ("transition-n64-long", [64]),
-                                              ("transition-n128", [128])])
+                                              ("transition-n128", [128]), ("transition-n256", [256])])
 def test_the_longer_transition_profiles_differ_from_the_ladder_only_in_their_sizes_and_budgets(repo, profile, ladder):
     full, small = (load_config(repo / f"params/{n}.yaml").to_dict() for n in ("transition", profile))
     # a longer-trained small end is comparable with the full ladder only if nothing else changed

@@ -55,6 +55,7 @@ class TrainConfig:
     ema_halflife_kimg: float = 10.0  # EMA half-life, thousands of images
     ema_rampup_ratio: float | None = 0.05  # EMA half-life at most this share of images seen
     ema_std: float = 0.0  # > 0: EDM2's power-function EMA of this relative std instead of the half-life EMA
+    ema_std_extra: float = 0.0  # > 0 (with ema_std): a second power EMA saved beside each snapshot, for post-hoc EMA
     adam_beta2: float = 0.999  # Adam's second-moment decay (EDM 0.999, EDM2 0.99)
     xflip: bool = True  # horizontal-flip augmentation
     P_mean: float = -1.2  # training noise distribution, ln(sigma) ~ N(P_mean, P_std^2)
@@ -275,6 +276,9 @@ def _validate(cfg: Config, source: str) -> None:
          "must be positive (or null: no ramp-up)", t.ema_rampup_ratio),
         (0 <= t.ema_std < 0.2887, "train.ema_std", "must be in [0, 0.2887) (0: half-life EMA; EDM2 used 0.05-0.15)",
          t.ema_std),
+        (t.ema_std_extra == 0 or (t.ema_std > 0 and 0 < t.ema_std_extra < 0.2887 and t.ema_std_extra != t.ema_std),
+         "train.ema_std_extra", "must be 0 (none) or in (0, 0.2887), differ from train.ema_std and come with "
+         "train.ema_std > 0 (EDM2 stores 0.05 and 0.10)", t.ema_std_extra),
         (0 < t.adam_beta2 < 1, "train.adam_beta2", "must be in (0, 1)", t.adam_beta2),
         (t.P_std > 0, "train.P_std", "must be positive", t.P_std),
         (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0: off)", t.grad_clip),

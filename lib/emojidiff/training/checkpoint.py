@@ -211,10 +211,11 @@ def remove_orphans(folder: str | Path) -> list[Path]:
     return gone
 
 
-def list_snapshots(train_dir: str | Path) -> list[tuple[float, Path]]:
-    """The EMA snapshots of a training run as (kimg, path to .safetensors), oldest first."""
+def list_snapshots(train_dir: str | Path, prefix: str = "ema") -> list[tuple[float, Path]]:
+    """The EMA snapshots of a training run as (kimg, path to .safetensors), oldest first (prefix "pema": the
+    second power EMA's, train.ema_std_extra)."""
     out = []
-    for json_path in _sorted(Path(train_dir), "ema"):
+    for json_path in _sorted(Path(train_dir), prefix):
         try:
             meta = json.loads(json_path.read_text())
         except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError: torn or foreign
@@ -297,13 +298,17 @@ def rank_rng_state() -> dict[str, torch.Tensor]:
 
 
 def pack_state(net, ema, opt, generators: dict[str, torch.Generator],
-               rank_states: list[dict[str, torch.Tensor]] | None = None) -> tuple[dict, dict]:
+               rank_states: list[dict[str, torch.Tensor]] | None = None,
+               extras: dict[str, torch.nn.Module] | None = None) -> tuple[dict, dict]:
     """Everything a resume needs as (tensors, JSON-able meta): weights, EMA, Adam state and every RNG state.
 
-    `rank_states` holds each rank's `rank_rng_state()` in rank order (default: this process's only).
+    `rank_states` holds each rank's `rank_rng_state()` in rank order (default: this process's only); `extras`
+    more modules by name (a second EMA), stored as "<name>.<key>".
     """
     tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
     tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    for name, module in (extras or {}).items():
+        tensors |= {f"{name}.{k}": v for k, v in module.state_dict().items()}
     opt_sd = opt.state_dict()
     for idx, st in opt_sd["state"].items():
         tensors |= {f"opt.{idx}.{k}": v for k, v in st.items() if torch.is_tensor(v)}
@@ -347,7 +352,7 @@ def _restore_rank_rng(tensors: dict, meta: dict, rank: int, world_size: int) -> 
 
 
 def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str, torch.Generator],
-                  rank: int = 0, world_size: int = 1) -> None:
+                  rank: int = 0, world_size: int = 1, extras: dict[str, torch.nn.Module] | None = None) -> None:
     """Put a `pack_state` checkpoint back, bit for bit (this rank's own RNG states; old single-state files too)."""
 
     def sub(prefix):
@@ -355,6 +360,11 @@ def restore_state(tensors: dict, meta: dict, net, ema, opt, generators: dict[str
 
     net.load_state_dict(sub("net."))
     ema.load_state_dict(sub("ema."))
+    for name, module in (extras or {}).items():
+        if not sub(f"{name}."):
+            raise CheckpointError(f"{meta.get('_json', 'checkpoint')}: has no '{name}' weights to resume "
+                                  "(it was trained without them); start over or leave them off")
+        module.load_state_dict(sub(f"{name}."))
     state: dict[int, dict] = {}
     for key, v in sub("opt.").items():
         idx, name = key.split(".", 1)

@@ -1,5 +1,6 @@
 """Post-hoc EMA (Karras et al. 2024, Sec. 3.2): an EMA of any length, rebuilt after training as a linear
-combination of the power-function EMA snapshots a run saved (`train.ema_std > 0`).
+combination of the power-function EMA snapshots a run saved (`train.ema_std > 0`; with `train.ema_std_extra` a
+second profile beside each, as EDM2 keeps two: one profile alone fits others poorly).
 
 Every snapshot is a known weighting of the raw weights theta_1..theta_T (one per step). We choose coefficients x
 so that sum_i x_i w_i is the least-squares closest weighting to the target profile, then combine the snapshots'
@@ -45,15 +46,17 @@ def solve_coefficients(steps: list[int], gammas: list[float], target_step: int,
 
 
 def snapshot_profiles(train_dir: str | Path) -> list[tuple[int, float, Path]]:
-    """(step, gamma, tensor path) of every power-function EMA snapshot of a training folder, oldest first."""
+    """(step, gamma, tensor path) of every power-function EMA snapshot of a training folder (the main EMA's, then
+    the second one's of train.ema_std_extra, if kept), each oldest first."""
     out = []
-    for _, path in ckpt.list_snapshots(train_dir):
-        meta = json.loads(path.with_suffix(".json").read_text())
-        std = float(meta.get("train", {}).get("ema_std", 0.0))
-        if std <= 0:
-            raise ckpt.CheckpointError(f"{path.with_suffix('.json')}: a half-life EMA snapshot (train.ema_std 0); "
-                                       "post-hoc EMA needs a run trained with train.ema_std > 0")
-        out.append((int(meta["step"]), power_gamma(std), path))
+    for prefix in ("ema", "pema"):
+        for _, path in ckpt.list_snapshots(train_dir, prefix):
+            meta = json.loads(path.with_suffix(".json").read_text())
+            std = float(meta.get("ema_std", meta.get("train", {}).get("ema_std", 0.0)))  # "ema_std": a pema file
+            if std <= 0:
+                raise ckpt.CheckpointError(f"{path.with_suffix('.json')}: a half-life EMA snapshot (train.ema_std "
+                                           "0); post-hoc EMA needs a run trained with train.ema_std > 0")
+            out.append((int(meta["step"]), power_gamma(std), path))
     if not out:
         raise ckpt.CheckpointError(f"{train_dir}: no EMA snapshots to reconstruct from")
     return out
@@ -64,7 +67,7 @@ def reconstruct(train_dir: str | Path, std: float, at_step: int | None = None) -
     train_dir/posthoc/ as an EMA snapshot file that load_denoiser and the benchmarks read; returns its json."""
     train_dir = Path(train_dir)
     profiles = snapshot_profiles(train_dir)
-    at_step = profiles[-1][0] if at_step is None else int(at_step)
+    at_step = max(p[0] for p in profiles) if at_step is None else int(at_step)
     usable = [p for p in profiles if p[0] <= at_step]  # later snapshots hold weights from after the target
     if not usable:
         raise ckpt.CheckpointError(f"{train_dir}: no snapshot at or before step {at_step}")
@@ -79,11 +82,14 @@ def reconstruct(train_dir: str | Path, std: float, at_step: int | None = None) -
             combined[k] = combined.get(k, 0) + coef * v.double() if v.is_floating_point() else v
     tensors = {k: v.to(torch.float32) if torch.is_tensor(v) and v.is_floating_point() else v
                for k, v in combined.items()}
-    meta = ckpt.read_meta(usable[-1][2].with_suffix(".json"))
+    meta = ckpt.read_meta(max(usable, key=lambda p: p[0])[2].with_suffix(".json"))
     meta = {k: v for k, v in meta.items() if k not in ("format", "tensors", "sha256", "_json")}
     batch = meta["nimg"] // meta["step"]  # a fixed batch size: the target's image count
     meta |= {"step": at_step, "nimg": at_step * batch, "kimg": at_step * batch / 1000}
+    meta.pop("ema_std", None)
+    meta["kind"] = "ema"
     meta["posthoc"] = {"std": std, "at_step": at_step, "from_steps": [s for s, _, _ in usable],
+                       "from_stds": [round(power_std(g), 6) for _, g, _ in usable],
                        "coefficients": [float(c) for c in x], "rel_error": rel_error}
     stem = f"ema-{at_step:08d}-std{std:.3f}".replace(".", "p")  # no dot: with_suffix would cut the name there
     return ckpt.save(train_dir / "posthoc" / stem, tensors, meta, fmt=ckpt.EMA_FORMAT)

@@ -70,7 +70,7 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def _clear(train_dir: Path) -> None:
     for p in train_dir.glob("*"):
-        if p.is_file() and re.match(r"(ckpt|ema)-\d+\.(json|safetensors|png)$|metrics\.jsonl$", p.name):
+        if p.is_file() and re.match(r"(ckpt|p?ema)-\d+\.(json|safetensors|png)$|metrics\.jsonl$", p.name):
             p.unlink()
 
 
@@ -89,6 +89,10 @@ def _check_resumable(meta: dict, cfg: Config, width: int) -> None:
     if meta["width"] != width or meta["seed"] != cfg.seed:
         raise ckpt.CheckpointError(f"{meta['_json']}: trained with width {meta['width']}, seed {meta['seed']}")
     defaults = TrainConfig().__dict__  # keys added since that checkpoint count as their defaults
+    extra_then = meta["train"].get("ema_std_extra", 0.0)
+    if cfg.train.ema_std_extra > 0 and extra_then != cfg.train.ema_std_extra:  # its profile would be unknown
+        raise ckpt.CheckpointError(f"{meta['_json']}: trained with train.ema_std_extra {extra_then}, not "
+                                   f"{cfg.train.ema_std_extra}; resume=False (--no-resume) to start over")
     changed = sorted(k for k, v in now["train"].items() if meta["train"].get(k, defaults[k]) != v)
     if changed:
         warnings.warn(f"resuming {meta['_json']} with changed train settings: {', '.join(changed)}", stacklevel=3)
@@ -116,6 +120,7 @@ class Trainer:
     shard: slice  # this rank's part of every global batch
     chunk: int  # images per forward/backward
     rounds: int  # forward/backward rounds per step (gradient accumulation)
+    ema_extra: torch.nn.Module | None = None  # the second power EMA (train.ema_std_extra), for post-hoc EMA only
 
     @property
     def batch_size(self) -> int:
@@ -213,6 +218,7 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
     fmt = memory_format(train_cfg.channels_last, amp_dtype, info.device)
     net = net.to(memory_format=fmt)
     ema = make_ema(net)
+    extras = {"ema_extra": make_ema(net)} if train_cfg.ema_std_extra > 0 else {}
     fused = {"fused": True} if info.device.type == "cuda" else {}  # one kernel for the whole Adam update
     optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, betas=(0.9, train_cfg.adam_beta2), eps=1e-8,
                                  **fused)
@@ -221,7 +227,8 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
     noise_rng.manual_seed(seed_ints(cfg.seed, width, 2))
     state = LoopState()
     if found is not None:
-        ckpt.restore_state(found[0], found[1], net, ema, optimizer, {"noise": noise_rng}, info.rank, info.world_size)
+        ckpt.restore_state(found[0], found[1], net, ema, optimizer, {"noise": noise_rng}, info.rank, info.world_size,
+                           extras=extras)
         state = LoopState(**{k: found[1][k] for k in LoopState.SAVED}, last_checkpoint=found[1]["_json"],
                           loss_window=list(found[1].get("loss_window", [])))
         if info.is_main:
@@ -233,7 +240,8 @@ def build_trainer(cfg: Config, width: int, out: Path, info: dist.DistInfo, data:
     ddp = dist.wrap(net, info)
     model = CompiledOrEager(ddp) if train_cfg.compile else ddp
     trainer = Trainer(cfg, width, out, info, images, labels, net, ema, model, ddp, optimizer, noise_rng, scaler,
-                      amp_dtype, fmt, dist.shard(train_cfg.batch_size, info), chunk, rounds)
+                      amp_dtype, fmt, dist.shard(train_cfg.batch_size, info), chunk, rounds,
+                      ema_extra=extras.get("ema_extra"))
     return trainer, state
 
 
@@ -356,6 +364,10 @@ def save_snapshot(t: Trainer, state: LoopState, ema_snapshot: bool, rank_states:
     if ema_snapshot:
         ckpt.save(t.out / f"ema-{stem}", {f"ema.{k}": v for k, v in t.ema.state_dict().items()},
                   checkpoint_meta(t, state, "ema"), fmt=ckpt.EMA_FORMAT)
+        if t.ema_extra is not None:  # the second profile, read only by post-hoc EMA
+            ckpt.save(t.out / f"pema-{stem}", {f"ema.{k}": v for k, v in t.ema_extra.state_dict().items()},
+                      {**checkpoint_meta(t, state, "ema_extra"), "ema_std": train_cfg.ema_std_extra},
+                      fmt=ckpt.EMA_FORMAT)
         with torch.random.fork_rng(devices=[]):
             grid = generate(t.ema, GRID_IMAGES, GRID_SEED, batch_size=GRID_IMAGES,
                             num_steps=min(t.cfg.sample.num_steps, 18), device=t.info.device, dtype=torch.float32,
@@ -367,8 +379,10 @@ def save_snapshot(t: Trainer, state: LoopState, ema_snapshot: bool, rank_states:
         for k, old in snaps:
             if k not in keep:
                 ckpt.remove(old)
+                ckpt.remove(old.with_name(f"p{old.name}"))  # its second-EMA twin, if any
                 old.with_suffix(".png").unlink(missing_ok=True)
-    tensors, extra = ckpt.pack_state(t.net, t.ema, t.optimizer, {"noise": t.noise_rng}, rank_states)
+    extras = {"ema_extra": t.ema_extra} if t.ema_extra is not None else {}
+    tensors, extra = ckpt.pack_state(t.net, t.ema, t.optimizer, {"noise": t.noise_rng}, rank_states, extras)
     saved = ckpt.save(t.out / f"ckpt-{stem}", tensors, {**checkpoint_meta(t, state, "checkpoint"), **extra})
     ckpt.prune(t.out, keep=2, just_saved=saved)  # the latest good, and one before in case it is damaged
     state.last_checkpoint = str(saved)
@@ -456,6 +470,8 @@ def _train_width(cfg: Config, layout: RunLayout, width: int, resume: bool, data:
         else:
             beta = ema_beta(state.nimg, batch_size, train_cfg.ema_halflife_kimg, train_cfg.ema_rampup_ratio)
         update_ema(t.ema, t.net, beta)
+        if t.ema_extra is not None:
+            update_ema(t.ema_extra, t.net, power_beta(state.step + 1, power_gamma(train_cfg.ema_std_extra)))
         state.step, state.nimg = state.step + 1, nimg_after
         state.wall_s += time.perf_counter() - t_step
         bar.update(batch_size)
