@@ -1,5 +1,5 @@
-"""The `data`, `train`, `sample`, `evaluate` and `posthoc-ema` subcommands end to end, each as its own process on
-a tiny profile."""
+"""The `data`, `train`, `sample`, `evaluate` and `posthoc-ema` subcommands and the sampling and time-to-quality
+benchmarks end to end, each as its own process on a tiny profile."""
 
 import json
 import math
@@ -118,3 +118,28 @@ def test_posthoc_ema_rebuilds_a_power_ema_run_and_refuses_others_by_name(tiny_ru
     files = sorted((tmp_path / "run" / "train" / "w16" / "posthoc").glob("ema-*-std*.json"))
     assert [json.loads(f.read_text())["posthoc"]["std"] for f in files] == [0.05, 0.1]
     assert json.loads(files[1].read_text())["posthoc"]["rel_error"] < 1e-9  # 0.1 is the trained profile
+
+
+def test_the_time_to_quality_benchmark_scores_post_hoc_emas_beside_the_trained_one(tiny_run, repo, tmp_path):
+    params, _ = tiny_run
+    profile = yaml.safe_load(params.read_text())
+    profile["train"].update(ema_std=0.1, ema_std_extra=0.05, snapshot_kimg=0.016)
+    power = tmp_path / "power.yaml"
+    power.write_text(yaml.safe_dump(profile))
+    bench = [sys.executable, str(repo / "bench" / "time_to_quality.py"), "--budgets", "2", "--seconds",
+             "--no-inception", "--num-images", "4", "--steps", "2", "--rate-guess", "20", "--out", str(tmp_path / "b")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run([*bench, "--params", str(params), "--posthoc-std", "0.05"], capture_output=True,
+                             text=True, cwd=tmp_path, timeout=300, env=env)
+    assert refused.returncode != 0 and f"{params}" in refused.stderr and "half-life" in refused.stderr
+    assert not (tmp_path / "b").exists()  # refused before any training
+    proc = subprocess.run([*bench, "--params", str(power), "--posthoc-std", "0.05,0.2"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r[0]: r for r in (line.split() for line in proc.stdout.splitlines()) if r[:1] and r[0].startswith("power")}
+    assert list(rows) == ["power", "power@0.05", "power@0.2"]
+    assert rows["power"][-1] == "nan" and float(rows["power@0.05"][-1]) < 1e-6  # 0.05 is the stored second EMA
+    assert 0 <= float(rows["power@0.2"][-1]) < 1  # longer than both: fitted, with its residual shown
+    rebuilt = sorted((tmp_path / "b" / "power").rglob("posthoc/ema-*-std0p200.json"))
+    assert len(rebuilt) == 1 and json.loads(rebuilt[0].read_text())["posthoc"]["std"] == 0.2
+    assert all(r[2] == rows["power"][2] for r in rows.values())  # same budget, same kimg
